@@ -1,0 +1,1 @@
+//! Answers for failed calls (in progress).

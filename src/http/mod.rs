@@ -1,0 +1,3 @@
+//! HTTP answers (in progress).
+
+pub(crate) use crate::parse::parse_digits;

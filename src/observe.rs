@@ -1,0 +1,420 @@
+//! Every decision is observable (contract 5): the [`Event`] enum and the [`Observer`] trait.
+//!
+//! Each layer reports its decisions (a timeout fired, a caller's deadline applied, a
+//! fallback served) as one [`Event`] to its observer. The default observer,
+//! [`TracingObserver`], writes a `tracing` event with stable field names:
+//!
+//! | field | meaning |
+//! |---|---|
+//! | `layer` | `"timeout"`, `"fallback"`, `"http"`, ... ([`Event::layer`]) |
+//! | `name` | the layer instance's configured name ([`Event::name`]) |
+//! | `outcome` | what was decided, e.g. `"timed_out"` ([`Event::outcome`]) |
+//! | `key` | the request's key, where the layer has one |
+//! | `state` | the layer's state, where it has one (`"shadow"` for shadow decisions) |
+//! | `retry_after_ms` | the retry hint given to the client, where there is one |
+//!
+//! plus fields particular to the event (`after_ms`, `source`, `trigger`, `header`). With
+//! no `tracing` subscriber installed this costs a relaxed atomic load per event; `()` is an
+//! observer that does nothing at all. Closures `Fn(&Event<'_>)` are observers, and a pair
+//! `(A, B)` reports to both.
+//!
+//! ```
+//! use std::sync::{Arc, Mutex};
+//! use tower_parapet::observe::{Event, Observer, TracingObserver};
+//!
+//! let seen = Arc::new(Mutex::new(Vec::new()));
+//! let sink = seen.clone();
+//! let observer = (TracingObserver::default(), move |e: &Event<'_>| {
+//!     sink.lock().unwrap().push(e.outcome());
+//! });
+//! observer.on_event(&Event::TimedOut {
+//!     name: "db",
+//!     after: std::time::Duration::from_secs(1),
+//!     shadow: false,
+//! });
+//! assert_eq!(*seen.lock().unwrap(), ["timed_out"]);
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::RejectionKind;
+
+/// One decision of one layer.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub enum Event<'a> {
+    /// The timeout layer's deadline expired. With `shadow` set the layer is in shadow mode
+    /// and let the call go on.
+    TimedOut {
+        /// The layer's name.
+        name: &'a str,
+        /// The deadline that expired.
+        after: Duration,
+        /// Whether this was only reported (shadow mode).
+        shadow: bool,
+    },
+    /// The caller's deadline (e.g. `grpc-timeout`) was shorter than the configured timeout
+    /// and replaced it.
+    DeadlineShortened {
+        /// The layer's name.
+        name: &'a str,
+        /// The configured timeout.
+        configured: Duration,
+        /// The caller's remaining budget, now in force.
+        caller: Duration,
+    },
+    /// A deadline header could not be parsed and was ignored.
+    DeadlineMalformed {
+        /// The layer's name.
+        name: &'a str,
+        /// The header's name.
+        header: &'a str,
+    },
+    /// A fallback answered in place of a failed call.
+    FallbackServed {
+        /// The layer's name.
+        name: &'a str,
+        /// Where the answer came from: `"value"`, `"function"`, `"last_known_good"`, ...
+        source: &'static str,
+        /// What failed ([`Trigger`]).
+        trigger: Trigger,
+        /// The request's key, for keyed sources.
+        key: Option<&'a dyn fmt::Debug>,
+    },
+    /// A fallback was due but its source had nothing to give (e.g. no last known good
+    /// response for the key) or failed itself; the original failure is returned.
+    FallbackUnavailable {
+        /// The layer's name.
+        name: &'a str,
+        /// The source that had nothing.
+        source: &'static str,
+        /// What failed.
+        trigger: Trigger,
+        /// The request's key, for keyed sources.
+        key: Option<&'a dyn fmt::Debug>,
+    },
+    /// A successful response was kept as the last known good answer for its key.
+    LastKnownGoodStored {
+        /// The layer's name.
+        name: &'a str,
+        /// The request's key.
+        key: &'a dyn fmt::Debug,
+    },
+    /// A successful response could not be kept as last known good (e.g. its body is larger
+    /// than the configured limit, or of unknown size). It was passed on untouched.
+    LastKnownGoodSkipped {
+        /// The layer's name.
+        name: &'a str,
+        /// Why.
+        reason: &'static str,
+    },
+    /// The edge adapter turned an error of the inner service (not a rejection) into an
+    /// internal-error answer. The error text is logged here and never sent to the client.
+    InternalError {
+        /// The adapter's name.
+        name: &'a str,
+        /// The error, with its `source()` chain.
+        error: &'a (dyn std::error::Error + 'static),
+    },
+}
+
+/// What made a fallback fire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Trigger {
+    /// A rejection of this kind from an inner layer.
+    Rejection(RejectionKind),
+    /// An error of the inner service.
+    Error,
+    /// A response the classifier called a failure (e.g. HTTP 5xx).
+    Response,
+}
+
+impl Trigger {
+    /// `"error"`, `"response"` or the rejection kind's name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Rejection(kind) => kind.as_str(),
+            Trigger::Error => "error",
+            Trigger::Response => "response",
+        }
+    }
+}
+
+impl fmt::Display for Trigger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Event<'_> {
+    /// The layer that emitted the event.
+    pub const fn layer(&self) -> &'static str {
+        match self {
+            Event::TimedOut { .. }
+            | Event::DeadlineShortened { .. }
+            | Event::DeadlineMalformed { .. } => "timeout",
+            Event::FallbackServed { .. }
+            | Event::FallbackUnavailable { .. }
+            | Event::LastKnownGoodStored { .. }
+            | Event::LastKnownGoodSkipped { .. } => "fallback",
+            Event::InternalError { .. } => "http",
+        }
+    }
+
+    /// The configured name of the layer instance.
+    pub fn name(&self) -> &str {
+        match self {
+            Event::TimedOut { name, .. }
+            | Event::DeadlineShortened { name, .. }
+            | Event::DeadlineMalformed { name, .. }
+            | Event::FallbackServed { name, .. }
+            | Event::FallbackUnavailable { name, .. }
+            | Event::LastKnownGoodStored { name, .. }
+            | Event::LastKnownGoodSkipped { name, .. }
+            | Event::InternalError { name, .. } => name,
+        }
+    }
+
+    /// What was decided, as a stable `snake_case` word.
+    pub const fn outcome(&self) -> &'static str {
+        match self {
+            Event::TimedOut { shadow: false, .. } => "timed_out",
+            Event::TimedOut { shadow: true, .. } => "would_have_timed_out",
+            Event::DeadlineShortened { .. } => "deadline_shortened",
+            Event::DeadlineMalformed { .. } => "deadline_malformed",
+            Event::FallbackServed { .. } => "fallback_served",
+            Event::FallbackUnavailable { .. } => "fallback_unavailable",
+            Event::LastKnownGoodStored { .. } => "last_known_good_stored",
+            Event::LastKnownGoodSkipped { .. } => "last_known_good_skipped",
+            Event::InternalError { .. } => "internal_error",
+        }
+    }
+
+    /// The severity the default observer logs the event at.
+    pub const fn level(&self) -> tracing::Level {
+        match self {
+            Event::TimedOut { shadow: false, .. }
+            | Event::DeadlineMalformed { .. }
+            | Event::FallbackServed { .. }
+            | Event::FallbackUnavailable { .. } => tracing::Level::WARN,
+            Event::TimedOut { shadow: true, .. } => tracing::Level::INFO,
+            Event::DeadlineShortened { .. } | Event::LastKnownGoodSkipped { .. } => {
+                tracing::Level::DEBUG
+            }
+            Event::LastKnownGoodStored { .. } => tracing::Level::TRACE,
+            Event::InternalError { .. } => tracing::Level::ERROR,
+        }
+    }
+}
+
+/// Receives every [`Event`] of the layers it is given to.
+///
+/// Called synchronously on the request path: keep it quick and never block.
+pub trait Observer: Send + Sync + 'static {
+    /// Called once per decision.
+    fn on_event(&self, event: &Event<'_>);
+}
+
+impl Observer for () {
+    #[inline]
+    fn on_event(&self, _: &Event<'_>) {}
+}
+
+impl<F> Observer for F
+where
+    F: Fn(&Event<'_>) + Send + Sync + 'static,
+{
+    fn on_event(&self, event: &Event<'_>) {
+        self(event)
+    }
+}
+
+impl<A: Observer, B: Observer> Observer for (A, B) {
+    fn on_event(&self, event: &Event<'_>) {
+        self.0.on_event(event);
+        self.1.on_event(event);
+    }
+}
+
+impl<O: Observer + ?Sized> Observer for Arc<O> {
+    fn on_event(&self, event: &Event<'_>) {
+        (**self).on_event(event)
+    }
+}
+
+/// The default observer: one `tracing` event per [`Event`], at [`Event::level`], with target
+/// `tower_parapet` and the field names listed in the [module docs](self).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TracingObserver {
+    _priv: (),
+}
+
+/// Emit a tracing event at a runtime level with the common fields.
+macro_rules! emit {
+    ($level:expr, $event:expr, $($field:tt)*) => {{
+        let e = $event;
+        match $level {
+            tracing::Level::ERROR => tracing::event!(target: "tower_parapet", tracing::Level::ERROR, layer = e.layer(), name = e.name(), outcome = e.outcome(), $($field)*),
+            tracing::Level::WARN => tracing::event!(target: "tower_parapet", tracing::Level::WARN, layer = e.layer(), name = e.name(), outcome = e.outcome(), $($field)*),
+            tracing::Level::INFO => tracing::event!(target: "tower_parapet", tracing::Level::INFO, layer = e.layer(), name = e.name(), outcome = e.outcome(), $($field)*),
+            tracing::Level::DEBUG => tracing::event!(target: "tower_parapet", tracing::Level::DEBUG, layer = e.layer(), name = e.name(), outcome = e.outcome(), $($field)*),
+            _ => tracing::event!(target: "tower_parapet", tracing::Level::TRACE, layer = e.layer(), name = e.name(), outcome = e.outcome(), $($field)*),
+        }
+    }};
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The `source()` chain of an error, outermost first, joined by `": "`.
+pub(crate) struct Chain<'a>(pub(crate) &'a (dyn std::error::Error + 'static));
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut next = self.0.source();
+        while let Some(e) = next {
+            write!(f, ": {e}")?;
+            next = e.source();
+        }
+        Ok(())
+    }
+}
+
+impl Observer for TracingObserver {
+    fn on_event(&self, event: &Event<'_>) {
+        let level = event.level();
+        match *event {
+            Event::TimedOut { after, shadow, .. } => emit!(
+                level,
+                event,
+                after_ms = millis(after),
+                state = if shadow { "shadow" } else { "enforce" },
+                "deadline expired"
+            ),
+            Event::DeadlineShortened {
+                configured, caller, ..
+            } => emit!(
+                level,
+                event,
+                configured_ms = millis(configured),
+                after_ms = millis(caller),
+                "caller's deadline is shorter than the configured timeout"
+            ),
+            Event::DeadlineMalformed { header, .. } => emit!(
+                level,
+                event,
+                header,
+                "malformed deadline header ignored"
+            ),
+            Event::FallbackServed {
+                source,
+                trigger,
+                key,
+                ..
+            } => emit!(
+                level,
+                event,
+                source,
+                trigger = trigger.as_str(),
+                key = key.map(tracing::field::debug),
+                "fallback served"
+            ),
+            Event::FallbackUnavailable {
+                source,
+                trigger,
+                key,
+                ..
+            } => emit!(
+                level,
+                event,
+                source,
+                trigger = trigger.as_str(),
+                key = key.map(tracing::field::debug),
+                "fallback had nothing to serve; the failure is returned"
+            ),
+            Event::LastKnownGoodStored { key, .. } => emit!(
+                level,
+                event,
+                key = tracing::field::debug(key),
+                "last known good response stored"
+            ),
+            Event::LastKnownGoodSkipped { reason, .. } => {
+                emit!(level, event, reason, "response not kept as last known good")
+            }
+            Event::InternalError { error, .. } => emit!(
+                level,
+                event,
+                error = %Chain(error),
+                "inner service failed; answered with an internal error"
+            ),
+        }
+    }
+}
+
+/// An observer shared by every service a layer builds.
+#[derive(Clone)]
+pub(crate) struct SharedObserver(Arc<dyn Observer>);
+
+impl SharedObserver {
+    pub(crate) fn new(observer: impl Observer) -> SharedObserver {
+        SharedObserver(Arc::new(observer))
+    }
+
+    #[inline]
+    pub(crate) fn emit(&self, event: &Event<'_>) {
+        self.0.on_event(event)
+    }
+}
+
+impl Default for SharedObserver {
+    fn default() -> Self {
+        SharedObserver::new(TracingObserver::default())
+    }
+}
+
+impl fmt::Debug for SharedObserver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Observer")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_joins_sources() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("outer")]
+        struct Outer(#[source] std::io::Error);
+        let e = Outer(std::io::Error::other("inner"));
+        assert_eq!(Chain(&e).to_string(), "outer: inner");
+    }
+
+    #[test]
+    fn every_event_has_a_layer_and_outcome() {
+        let key: &dyn fmt::Debug = &"k";
+        let io = std::io::Error::other("x");
+        let events = [
+            Event::TimedOut { name: "n", after: Duration::ZERO, shadow: true },
+            Event::DeadlineShortened { name: "n", configured: Duration::ZERO, caller: Duration::ZERO },
+            Event::DeadlineMalformed { name: "n", header: "grpc-timeout" },
+            Event::FallbackServed { name: "n", source: "value", trigger: Trigger::Error, key: None },
+            Event::FallbackUnavailable { name: "n", source: "value", trigger: Trigger::Response, key: Some(key) },
+            Event::LastKnownGoodStored { name: "n", key },
+            Event::LastKnownGoodSkipped { name: "n", reason: "too large" },
+            Event::InternalError { name: "n", error: &io },
+        ];
+        for e in &events {
+            assert_eq!(e.name(), "n");
+            assert!(!e.layer().is_empty());
+            assert!(!e.outcome().is_empty());
+            TracingObserver::default().on_event(e);
+        }
+    }
+}

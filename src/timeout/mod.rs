@@ -1,0 +1,1 @@
+//! Deadlines for calls (in progress).
