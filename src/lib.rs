@@ -1,4 +1,82 @@
-//! placeholder, replaced below
+//! Composable [Tower](https://docs.rs/tower) layers that keep an async service working
+//! when things go wrong.
+//!
+//! A dependency hangs and every request hangs with it; a dependency fails and users see
+//! raw 500s; nobody can tell at 2 AM which layer refused what. `tower-parapet` wraps any
+//! `tower::Service` — an axum `Router`, a tonic server or client, a `service_fn` — with
+//! layers that answer those failures, and answers them natively: HTTP statuses with
+//! `Retry-After` and `application/problem+json`, or gRPC status codes.
+//!
+//! | layer | question it answers | module |
+//! |---|---|---|
+//! | timeout | what if the dependency hangs? (and honouring the caller's deadline) | [`timeout`] |
+//! | fallback | what do we answer when it fails? (value, function, last known good) | [`fallback`] |
+//! | edge adapter | how does a refusal reach the client? | [`http`] (feature `http`) |
+//!
+//! Circuit breaking, rate limiting, idempotency, feature flags, retries, bulkheads and
+//! caching build on the same shared core and arrive as their own modules.
+//!
+//! # The shared core
+//! - [`Rejection`]: one typed error for every refusal (timeout, circuit open, rate limited,
+//!   overloaded, feature disabled, idempotency conflicts). Every parapet service has
+//!   `Error = BoxError`; inner errors pass through untouched, so a stack of any depth and
+//!   order is matched with one [`Rejection::from_box`], never `Error<Error<E>>`.
+//! - [`clock::Clock`]: tokio's clock by default (so `tokio::time::pause` drives every
+//!   layer), a [`clock::ManualClock`] under `test-util`.
+//! - [`observe`]: every decision is one [`observe::Event`] to an [`observe::Observer`];
+//!   the default writes `tracing` events with stable fields (`layer`, `name`, `outcome`,
+//!   `key`, `state`, `retry_after_ms`).
+//! - [`Mode`]: enforce, shadow (decide, report, let through) or off, switchable at runtime
+//!   through a [`ModeHandle`].
+//! - [`key`] (which bucket a request belongs to) and [`classify`] (what counts as a
+//!   failure), shared by every layer.
+//! - [`config`]: config structs derive `serde`, take durations as `"250ms"`-style
+//!   strings and validate themselves into layers (`build() -> Result<_, ConfigError>`).
+//!
+//! # Ordering
+//! The first layer added to a `ServiceBuilder` sees the request first. The recommended
+//! server stack, outermost first:
+//!
+//! 1. logging,
+//! 2. [`http::RejectionResponseLayer`] — everything below may refuse; this turns refusals
+//!    into responses, so the stack needs no `HandleErrorLayer`,
+//! 3. rate limit, feature gate, idempotency (refuse cheaply, before any work),
+//! 4. [`fallback::FallbackLayer`] — outside the breaker and the timeout, so it answers for
+//!    an open circuit and a timeout alike,
+//! 5. retry, then circuit breaker,
+//! 6. [`timeout::TimeoutLayer`] — inside the breaker, so the breaker counts a timeout as a
+//!    failure (a future dropped from outside counts as cancelled, not failed),
+//! 7. the service.
+//!
+//! ```
+//! # #[cfg(feature = "http")] {
+//! use std::time::Duration;
+//! use tower::{Service, ServiceBuilder, ServiceExt};
+//! use tower_parapet::{fallback::FallbackLayer, http::RejectionResponseLayer, timeout::TimeoutLayer};
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+//! let handler = tower::service_fn(|_req: http::Request<String>| async {
+//!     std::future::pending::<Result<http::Response<String>, std::convert::Infallible>>().await
+//! });
+//! let mut svc = ServiceBuilder::new()
+//!     .layer(RejectionResponseLayer::new())
+//!     .layer(TimeoutLayer::new(Duration::from_millis(10)))
+//!     .service(handler);
+//! let res = svc.ready().await?.call(http::Request::new(String::new())).await?;
+//! assert_eq!(res.status(), 504);
+//! # Ok::<_, Box<dyn std::error::Error>>(())
+//! # }).unwrap();
+//! # }
+//! ```
+//!
+//! # Features
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `http` | yes | [`http`]: rejections as HTTP/gRPC responses; deadline headers; HTTP classifiers, keys and last-known-good snapshots |
+//! | `axum` | | `IntoResponse` for [`Rejection`] |
+//! | `tonic` | | `From<Rejection> for tonic::Status`, [`grpc::status_from_error`] |
+//! | `test-util` | | [`clock::ManualClock`] to test configurations |
+//! | `full` | | all of the above |
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -7,17 +85,16 @@ pub mod classify;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod fallback;
 pub mod grpc;
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub mod http;
 pub mod key;
 pub mod mode;
 pub mod observe;
 mod parse;
+pub mod timeout;
 
 pub use error::{BoxError, ConfigError, RateLimitInfo, Rejection, RejectionKind, RejectionKinds};
 pub use mode::{Mode, ModeHandle};
-
-pub mod fallback;
-#[cfg(feature = "http")]
-#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
-pub mod http;
-pub mod timeout;

@@ -102,15 +102,27 @@ impl<S> Layer<S> for RejectionResponseLayer {
         RejectionResponse {
             inner,
             shared: self.shared.clone(),
+            not_ready: None,
         }
     }
 }
 
 /// The service of [`RejectionResponseLayer`].
-#[derive(Clone)]
 pub struct RejectionResponse<S> {
     inner: S,
     shared: Arc<Shared>,
+    /// The error the inner service's `poll_ready` returned, answered by the next `call`.
+    not_ready: Option<BoxError>,
+}
+
+impl<S: Clone> Clone for RejectionResponse<S> {
+    fn clone(&self) -> Self {
+        RejectionResponse {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+            not_ready: None,
+        }
+    }
 }
 
 impl<S: fmt::Debug> fmt::Debug for RejectionResponse<S> {
@@ -149,18 +161,31 @@ where
     type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        // An inner service that fails to become ready has failed for good; answer the next
-        // call with that error instead of wedging the connection.
+        if self.not_ready.is_some() {
+            return Poll::Ready(Ok(()));
+        }
+        // The error type is `Infallible`: an inner service that fails to become ready is
+        // answered for on the next call (which then does not reach it), like any error.
         match self.inner.poll_ready(cx) {
             Poll::Pending => Poll::Pending,
-            Poll::Ready(_) => Poll::Ready(Ok(())),
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
+            Poll::Ready(Err(e)) => {
+                self.not_ready = Some(e.into());
+                Poll::Ready(Ok(()))
+            }
         }
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let grpc = is_grpc(req.headers());
+        let state = match self.not_ready.take() {
+            None => State::Called {
+                fut: self.inner.call(req),
+            },
+            Some(err) => State::NotReady { err: Some(err) },
+        };
         ResponseFuture {
-            inner: self.inner.call(req),
+            state,
             grpc,
             shared: self.shared.clone(),
         }
@@ -171,9 +196,17 @@ pin_project! {
     /// The response future of [`RejectionResponse`].
     pub struct ResponseFuture<F> {
         #[pin]
-        inner: F,
+        state: State<F>,
         grpc: bool,
         shared: Arc<Shared>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        Called { #[pin] fut: F },
+        NotReady { err: Option<BoxError> },
     }
 }
 
@@ -194,9 +227,12 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let err = match ready!(this.inner.poll(cx)) {
-            Ok(res) => return Poll::Ready(Ok(res.map(ResponseBody::inner))),
-            Err(e) => e.into(),
+        let err = match this.state.project() {
+            StateProj::Called { fut } => match ready!(fut.poll(cx)) {
+                Ok(res) => return Poll::Ready(Ok(res.map(ResponseBody::inner))),
+                Err(e) => e.into(),
+            },
+            StateProj::NotReady { err } => err.take().expect("polled after completion"),
         };
         let answer = answer_error(&err, *this.grpc, this.shared);
         Poll::Ready(Ok(answer.map(ResponseBody::full)))
