@@ -98,3 +98,7 @@ pub mod timeout;
 
 pub use error::{BoxError, ConfigError, RateLimitInfo, Rejection, RejectionKind, RejectionKinds};
 pub use mode::{Mode, ModeHandle};
+
+#[cfg(all(doctest, feature = "http"))]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
