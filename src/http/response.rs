@@ -58,7 +58,7 @@ impl StatusMap {
 
 /// Seconds for `Retry-After`: rounded up, never 0.
 pub(crate) fn retry_after_secs(d: Duration) -> u64 {
-    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    let secs = d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0));
     secs.max(1)
 }
 
