@@ -1,0 +1,135 @@
+//! Whole stacks in an axum `Router`, added with `Router::layer` and no `HandleErrorLayer`.
+#![cfg(feature = "http")]
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use axum::routing::get;
+use http_body_util::BodyExt;
+use tower::{ServiceBuilder, ServiceExt};
+use tower_parapet::classify::ServerErrorsAsFailures;
+use tower_parapet::fallback::{self, Failure, FallbackLayer, HeaderMark, LastKnownGood};
+use tower_parapet::http::RejectionResponseLayer;
+use tower_parapet::key::Target;
+use tower_parapet::timeout::{HttpDeadline, TimeoutLayer};
+
+type Response = axum::http::Response<Body>;
+
+fn routes() -> Router {
+    let prices_calls = Arc::new(AtomicU32::new(0));
+    Router::new()
+        .route("/hang", get(|| std::future::pending::<&'static str>()))
+        .route("/fail", get(|| async { (StatusCode::INTERNAL_SERVER_ERROR, "stack trace here") }))
+        .route(
+            "/prices",
+            get(move || {
+                let n = prices_calls.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    if n == 0 {
+                        (StatusCode::OK, "prices v1")
+                    } else {
+                        (StatusCode::BAD_GATEWAY, "upstream down")
+                    }
+                }
+            }),
+        )
+        .route("/ok", get(|| async { "fine" }))
+}
+
+/// The recommended order: answers outermost, fallback outside the timeout.
+fn app() -> Router {
+    routes().layer(
+        ServiceBuilder::new()
+            .layer(RejectionResponseLayer::new())
+            .layer(
+                FallbackLayer::new(fallback::from_fn(|failure: Failure<Response>| match failure {
+                    // A handler's error page is replaced; errors (a timeout) go on to the
+                    // edge, which answers them.
+                    Failure::Response(_) => Ok(Response::new(Body::from("we'll be right back"))),
+                    Failure::Error(e) => Err(e),
+                }))
+                .classifier(ServerErrorsAsFailures)
+                .mark(HeaderMark::default()),
+            )
+            .layer(TimeoutLayer::new(Duration::from_secs(2)).deadline(HttpDeadline::new())),
+    )
+}
+
+/// The same with the last known good answer per method + path + query.
+fn app_with_last_known_good() -> Router {
+    routes().layer(
+        ServiceBuilder::new()
+            .layer(RejectionResponseLayer::new())
+            .layer(
+                FallbackLayer::new(LastKnownGood::http(Target::new()))
+                    .classifier(ServerErrorsAsFailures)
+                    .mark(HeaderMark::default()),
+            )
+            .layer(TimeoutLayer::new(Duration::from_secs(2))),
+    )
+}
+
+async fn body(res: Response) -> String {
+    String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+}
+
+fn get_req(path: &str) -> Request<Body> {
+    Request::get(path).body(Body::empty()).unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hanging_handler_answers_504_problem_json_at_the_deadline() {
+    let started = tokio::time::Instant::now();
+    let res = app().oneshot(get_req("/hang")).await.unwrap();
+    assert_eq!(started.elapsed(), Duration::from_secs(2));
+    assert_eq!(res.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(res.headers()["content-type"], "application/problem+json");
+    let doc: serde_json::Value = serde_json::from_str(&body(res).await).unwrap();
+    assert_eq!(doc["status"], 504);
+    assert_eq!(doc["title"], "Gateway Timeout");
+    assert_eq!(doc["kind"], "timeout");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_callers_deadline_shortens_the_routes_timeout() {
+    let started = tokio::time::Instant::now();
+    let req = Request::get("/hang").header("grpc-timeout", "100m").body(Body::empty()).unwrap();
+    let res = app().oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(started.elapsed(), Duration::from_millis(100));
+}
+
+#[tokio::test]
+async fn a_failing_handler_gets_the_fallbacks_answer() {
+    let res = app().oneshot(get_req("/fail")).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["parapet-fallback"], "function");
+    assert_eq!(body(res).await, "we'll be right back");
+}
+
+#[tokio::test]
+async fn a_failing_dependency_is_answered_from_the_last_known_good() {
+    let app = app_with_last_known_good();
+    let fresh = app.clone().oneshot(get_req("/prices")).await.unwrap();
+    assert_eq!(body(fresh).await, "prices v1");
+    let stale = app.oneshot(get_req("/prices")).await.unwrap();
+    assert_eq!(stale.status(), StatusCode::OK);
+    assert_eq!(stale.headers()["parapet-fallback"], "last_known_good");
+    assert_eq!(body(stale).await, "prices v1");
+    // Nothing good was ever seen on /fail: its 500 shows through, untouched.
+    let res = app_with_last_known_good().oneshot(get_req("/fail")).await.unwrap();
+    assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(body(res).await, "stack trace here");
+}
+
+#[tokio::test]
+async fn healthy_routes_are_untouched() {
+    let res = app().oneshot(get_req("/ok")).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(res.headers().get("parapet-fallback").is_none());
+    assert_eq!(body(res).await, "fine");
+}
