@@ -203,18 +203,33 @@ mod tests {
         let timeout = Rejection::timeout(Duration::from_secs(1)).boxed();
         let io: BoxError = "io".into();
         assert_eq!(ErrorsAsFailures.classify(Ok(&1)), Outcome::Success);
-        assert_eq!(Classifier::<u8>::classify(&ErrorsAsFailures, Err(&io)), Outcome::Failure);
+        assert_eq!(
+            Classifier::<u8>::classify(&ErrorsAsFailures, Err(&io)),
+            Outcome::Failure
+        );
         let only = RejectionsAsFailures::only(RejectionKinds::of(&[RejectionKind::Timeout]));
-        assert_eq!(Classifier::<u8>::classify(&only, Err(&timeout)), Outcome::Failure);
-        assert_eq!(Classifier::<u8>::classify(&only, Err(&io)), Outcome::Ignored);
+        assert_eq!(
+            Classifier::<u8>::classify(&only, Err(&timeout)),
+            Outcome::Failure
+        );
+        assert_eq!(
+            Classifier::<u8>::classify(&only, Err(&io)),
+            Outcome::Ignored
+        );
     }
 
     #[cfg(feature = "http")]
     #[test]
     fn http_and_grpc() {
         let res = |s: u16| http::Response::builder().status(s).body(()).unwrap();
-        assert_eq!(ServerErrorsAsFailures.classify(Ok(&res(503))), Outcome::Failure);
-        assert_eq!(ServerErrorsAsFailures.classify(Ok(&res(404))), Outcome::Success);
+        assert_eq!(
+            ServerErrorsAsFailures.classify(Ok(&res(503))),
+            Outcome::Failure
+        );
+        assert_eq!(
+            ServerErrorsAsFailures.classify(Ok(&res(404))),
+            Outcome::Success
+        );
         let grpc = |code: &str| {
             http::Response::builder()
                 .header("grpc-status", code)

@@ -116,8 +116,9 @@ pub struct RateLimitInfo {
 }
 
 /// The kind of a [`Rejection`], for metrics labels and configuration tables.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum RejectionKind {
@@ -222,7 +223,8 @@ impl RejectionKinds {
 
 impl FromIterator<RejectionKind> for RejectionKinds {
     fn from_iter<I: IntoIterator<Item = RejectionKind>>(iter: I) -> Self {
-        iter.into_iter().fold(RejectionKinds::NONE, RejectionKinds::with)
+        iter.into_iter()
+            .fold(RejectionKinds::NONE, RejectionKinds::with)
     }
 }
 
@@ -379,7 +381,10 @@ mod tests {
     #[test]
     fn config_error_names_the_field() {
         let e = ConfigError::new("timeout", "must be greater than zero");
-        assert_eq!(e.to_string(), "invalid `timeout`: must be greater than zero");
+        assert_eq!(
+            e.to_string(),
+            "invalid `timeout`: must be greater than zero"
+        );
         assert_eq!(e.field(), "timeout");
     }
 }

@@ -73,7 +73,9 @@ pub fn from_fn<F>(f: F) -> FnKey<F> {
 
 impl<F> fmt::Debug for FnKey<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("FnKey").field(&std::any::type_name::<F>()).finish()
+        f.debug_tuple("FnKey")
+            .field(&std::any::type_name::<F>())
+            .finish()
     }
 }
 
@@ -240,10 +242,7 @@ mod tests {
             k.extract(&req(b"\xff\xfe")),
             Err(KeyError::Malformed(_))
         ));
-        assert_eq!(
-            k.extract(&Request::new(())),
-            Err(KeyError::Missing)
-        );
+        assert_eq!(k.extract(&Request::new(())), Err(KeyError::Missing));
     }
 
     #[cfg(feature = "http")]

@@ -305,12 +305,9 @@ impl Observer for TracingObserver {
                 after_ms = millis(caller),
                 "caller's deadline is shorter than the configured timeout"
             ),
-            Event::DeadlineMalformed { header, .. } => emit!(
-                level,
-                event,
-                header,
-                "malformed deadline header ignored"
-            ),
+            Event::DeadlineMalformed { header, .. } => {
+                emit!(level, event, header, "malformed deadline header ignored")
+            }
             Event::FallbackServed {
                 source,
                 trigger,
@@ -401,14 +398,41 @@ mod tests {
         let key: &dyn fmt::Debug = &"k";
         let io = std::io::Error::other("x");
         let events = [
-            Event::TimedOut { name: "n", after: Duration::ZERO, shadow: true },
-            Event::DeadlineShortened { name: "n", configured: Duration::ZERO, caller: Duration::ZERO },
-            Event::DeadlineMalformed { name: "n", header: "grpc-timeout" },
-            Event::FallbackServed { name: "n", source: "value", trigger: Trigger::Error, key: None },
-            Event::FallbackUnavailable { name: "n", source: "value", trigger: Trigger::Response, key: Some(key) },
+            Event::TimedOut {
+                name: "n",
+                after: Duration::ZERO,
+                shadow: true,
+            },
+            Event::DeadlineShortened {
+                name: "n",
+                configured: Duration::ZERO,
+                caller: Duration::ZERO,
+            },
+            Event::DeadlineMalformed {
+                name: "n",
+                header: "grpc-timeout",
+            },
+            Event::FallbackServed {
+                name: "n",
+                source: "value",
+                trigger: Trigger::Error,
+                key: None,
+            },
+            Event::FallbackUnavailable {
+                name: "n",
+                source: "value",
+                trigger: Trigger::Response,
+                key: Some(key),
+            },
             Event::LastKnownGoodStored { name: "n", key },
-            Event::LastKnownGoodSkipped { name: "n", reason: "too large" },
-            Event::InternalError { name: "n", error: &io },
+            Event::LastKnownGoodSkipped {
+                name: "n",
+                reason: "too large",
+            },
+            Event::InternalError {
+                name: "n",
+                error: &io,
+            },
         ];
         for e in &events {
             assert_eq!(e.name(), "n");

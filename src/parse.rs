@@ -30,6 +30,9 @@ mod tests {
         assert_eq!(parse_digits(b" 1", 8), None);
         assert_eq!(parse_digits(b"", 8), None);
         assert_eq!(parse_digits(b"123456789", 8), None);
-        assert_eq!(parse_digits(b"99999999999999999999999", usize::MAX), Some(u64::MAX));
+        assert_eq!(
+            parse_digits(b"99999999999999999999999", usize::MAX),
+            Some(u64::MAX)
+        );
     }
 }

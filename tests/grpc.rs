@@ -8,6 +8,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use http::HeaderName;
 use http::uri::PathAndQuery;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -18,7 +19,6 @@ use tonic_prost::ProstCodec;
 use tower::{Service, ServiceBuilder, service_fn};
 use tower_parapet::Rejection;
 use tower_parapet::http::RejectionResponseLayer;
-use http::HeaderName;
 use tower_parapet::timeout::{DeadlineUnit, HttpDeadline, TimeoutLayer};
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -73,10 +73,10 @@ async fn serve(timeout: Duration) -> Channel {
     let stack = ServiceBuilder::new()
         .layer(RejectionResponseLayer::new())
         .layer(
-            TimeoutLayer::new(timeout).deadline(
-                HttpDeadline::new()
-                    .header(HeaderName::from_static("x-deadline-ms"), DeadlineUnit::Millis),
-            ),
+            TimeoutLayer::new(timeout).deadline(HttpDeadline::new().header(
+                HeaderName::from_static("x-deadline-ms"),
+                DeadlineUnit::Millis,
+            )),
         );
     tokio::spawn(
         Server::builder()
@@ -104,7 +104,11 @@ async fn call(
             .insert("x-deadline-ms", ms.parse().unwrap());
     }
     client
-        .unary(req, PathAndQuery::from_static(method), ProstCodec::default())
+        .unary(
+            req,
+            PathAndQuery::from_static(method),
+            ProstCodec::default(),
+        )
         .await
         .map(tonic::Response::into_inner)
 }
@@ -114,11 +118,15 @@ async fn call(
 #[tokio::test(start_paused = true)]
 async fn hanging_method_answers_deadline_exceeded() {
     let channel = serve(Duration::from_secs(30)).await;
-    let ok = call(&channel, "/parapet.test.Demo/Echo", None).await.unwrap();
+    let ok = call(&channel, "/parapet.test.Demo/Echo", None)
+        .await
+        .unwrap();
     assert_eq!(ok.text, "hi");
 
     let started = tokio::time::Instant::now();
-    let status = call(&channel, "/parapet.test.Demo/Hang", None).await.unwrap_err();
+    let status = call(&channel, "/parapet.test.Demo/Hang", None)
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
     assert_eq!(status.message(), "request timed out after 30s");
     assert!(started.elapsed() >= Duration::from_secs(30));

@@ -16,7 +16,9 @@ use tower_parapet::{BoxError, RateLimitInfo, Rejection, RejectionKind};
 type Res = Response<Full<Bytes>>;
 
 /// A service that fails with whatever error the request's body names.
-fn failing(err: fn() -> BoxError) -> impl Service<Request<()>, Response = Res, Error = BoxError> + Clone {
+fn failing(
+    err: fn() -> BoxError,
+) -> impl Service<Request<()>, Response = Res, Error = BoxError> + Clone {
     service_fn(move |_req: Request<()>| async move { Err::<Res, BoxError>(err()) })
 }
 
@@ -107,7 +109,9 @@ async fn every_kind_has_its_status_and_statuses_are_configurable() {
     let res = RejectionResponseLayer::new()
         .status(RejectionKind::Timeout, StatusCode::REQUEST_TIMEOUT)
         .status(RejectionKind::FeatureDisabled, StatusCode::FORBIDDEN)
-        .layer_on(failing(|| Rejection::timeout(Duration::from_secs(1)).boxed()))
+        .layer_on(failing(|| {
+            Rejection::timeout(Duration::from_secs(1)).boxed()
+        }))
         .oneshot(Request::new(()))
         .await
         .unwrap();
@@ -135,16 +139,24 @@ async fn inner_error_is_a_500_that_leaks_nothing_and_is_logged_with_its_chain() 
             }
         })
         .layer_on(failing(|| {
-            Box::new(QueryFailed(std::io::Error::other("password=hunter2 rejected")))
+            Box::new(QueryFailed(std::io::Error::other(
+                "password=hunter2 rejected",
+            )))
         }));
     let res = svc.oneshot(Request::new(())).await.unwrap();
     assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
     let bytes = res.into_body().collect().await.unwrap().to_bytes();
     let text = String::from_utf8(bytes.to_vec()).unwrap();
-    assert!(!text.contains("hunter2") && !text.contains("query failed"), "{text}");
+    assert!(
+        !text.contains("hunter2") && !text.contains("query failed"),
+        "{text}"
+    );
     assert_eq!(
         *seen.lock().unwrap(),
-        [vec!["query failed".to_owned(), "password=hunter2 rejected".to_owned()]]
+        [vec![
+            "query failed".to_owned(),
+            "password=hunter2 rejected".to_owned()
+        ]]
     );
 }
 
@@ -161,11 +173,17 @@ async fn grpc_requests_get_trailers_only_answers() {
     assert!(http_body::Body::is_end_stream(res.body()), "trailers-only");
 
     let res = RejectionResponseLayer::new()
-        .layer_on(failing(|| Rejection::timeout(Duration::from_secs(1)).boxed()))
+        .layer_on(failing(|| {
+            Rejection::timeout(Duration::from_secs(1)).boxed()
+        }))
         .oneshot(grpc_request())
         .await
         .unwrap();
-    assert_eq!(res.status(), StatusCode::OK, "never HTTP 504 on a gRPC route");
+    assert_eq!(
+        res.status(),
+        StatusCode::OK,
+        "never HTTP 504 on a gRPC route"
+    );
     assert_eq!(res.headers()["grpc-status"], "4");
 
     let res = RejectionResponseLayer::new()
@@ -208,8 +226,13 @@ impl Service<Request<()>> for NeverReady {
     type Error = BoxError;
     type Future = std::future::Ready<Result<Res, BoxError>>;
 
-    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), BoxError>> {
-        std::task::Poll::Ready(Err(Rejection::overloaded(Some(Duration::from_secs(5))).boxed()))
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        std::task::Poll::Ready(Err(
+            Rejection::overloaded(Some(Duration::from_secs(5))).boxed()
+        ))
     }
 
     fn call(&mut self, _: Request<()>) -> Self::Future {

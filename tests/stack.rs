@@ -1,8 +1,8 @@
 //! Whole stacks in an axum `Router`, added with `Router::layer` and no `HandleErrorLayer`.
 #![cfg(feature = "http")]
 
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -22,8 +22,11 @@ type Response = axum::http::Response<Body>;
 fn routes() -> Router {
     let prices_calls = Arc::new(AtomicU32::new(0));
     Router::new()
-        .route("/hang", get(|| std::future::pending::<&'static str>()))
-        .route("/fail", get(|| async { (StatusCode::INTERNAL_SERVER_ERROR, "stack trace here") }))
+        .route("/hang", get(std::future::pending::<&'static str>))
+        .route(
+            "/fail",
+            get(|| async { (StatusCode::INTERNAL_SERVER_ERROR, "stack trace here") }),
+        )
         .route(
             "/prices",
             get(move || {
@@ -46,12 +49,16 @@ fn app() -> Router {
         ServiceBuilder::new()
             .layer(RejectionResponseLayer::new())
             .layer(
-                FallbackLayer::new(fallback::from_fn(|failure: Failure<Response>| match failure {
-                    // A handler's error page is replaced; errors (a timeout) go on to the
-                    // edge, which answers them.
-                    Failure::Response(_) => Ok(Response::new(Body::from("we'll be right back"))),
-                    Failure::Error(e) => Err(e),
-                }))
+                FallbackLayer::new(fallback::from_fn(
+                    |failure: Failure<Response>| match failure {
+                        // A handler's error page is replaced; errors (a timeout) go on to the
+                        // edge, which answers them.
+                        Failure::Response(_) => {
+                            Ok(Response::new(Body::from("we'll be right back")))
+                        }
+                        Failure::Error(e) => Err(e),
+                    },
+                ))
                 .classifier(ServerErrorsAsFailures)
                 .mark(HeaderMark::default()),
             )
@@ -97,7 +104,10 @@ async fn a_hanging_handler_answers_504_problem_json_at_the_deadline() {
 #[tokio::test(start_paused = true)]
 async fn the_callers_deadline_shortens_the_routes_timeout() {
     let started = tokio::time::Instant::now();
-    let req = Request::get("/hang").header("grpc-timeout", "100m").body(Body::empty()).unwrap();
+    let req = Request::get("/hang")
+        .header("grpc-timeout", "100m")
+        .body(Body::empty())
+        .unwrap();
     let res = app().oneshot(req).await.unwrap();
     assert_eq!(res.status(), StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(started.elapsed(), Duration::from_millis(100));
@@ -121,7 +131,10 @@ async fn a_failing_dependency_is_answered_from_the_last_known_good() {
     assert_eq!(stale.headers()["parapet-fallback"], "last_known_good");
     assert_eq!(body(stale).await, "prices v1");
     // Nothing good was ever seen on /fail: its 500 shows through, untouched.
-    let res = app_with_last_known_good().oneshot(get_req("/fail")).await.unwrap();
+    let res = app_with_last_known_good()
+        .oneshot(get_req("/fail"))
+        .await
+        .unwrap();
     assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(body(res).await, "stack trace here");
 }

@@ -180,10 +180,8 @@ mod tonic_impls {
     }
 
     pub(super) fn status_from_rejection(rejection: &Rejection) -> tonic::Status {
-        let mut status = tonic::Status::new(
-            Code::for_rejection(rejection).into(),
-            rejection.to_string(),
-        );
+        let mut status =
+            tonic::Status::new(Code::for_rejection(rejection).into(), rejection.to_string());
         if let Some(after) = rejection.retry_after() {
             let ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
             if let Ok(v) = ms.to_string().parse() {
@@ -229,8 +227,21 @@ mod tests {
         assert_eq!(parse_grpc_timeout(b"3S"), Ok(Duration::from_secs(3)));
         assert_eq!(parse_grpc_timeout(b"7u"), Ok(Duration::from_micros(7)));
         assert_eq!(parse_grpc_timeout(b"9n"), Ok(Duration::from_nanos(9)));
-        assert_eq!(parse_grpc_timeout(b"99999999H"), Ok(Duration::from_secs(99_999_999 * 3600)));
-        for bad in [&b""[..], b"S", b"10", b"10s", b"1.5S", b" 1S", b"-1S", b"123456789m", b"1\xffS"] {
+        assert_eq!(
+            parse_grpc_timeout(b"99999999H"),
+            Ok(Duration::from_secs(99_999_999 * 3600))
+        );
+        for bad in [
+            &b""[..],
+            b"S",
+            b"10",
+            b"10s",
+            b"1.5S",
+            b" 1S",
+            b"-1S",
+            b"123456789m",
+            b"1\xffS",
+        ] {
             assert_eq!(parse_grpc_timeout(bad), Err(MalformedTimeout), "{bad:?}");
         }
     }
@@ -246,7 +257,10 @@ mod tests {
         ] {
             let s = format_grpc_timeout(d);
             let back = parse_grpc_timeout(s.as_bytes()).unwrap();
-            assert!(back >= d.min(Duration::from_secs(99_999_999 * 3600)), "{d:?} -> {s}");
+            assert!(
+                back >= d.min(Duration::from_secs(99_999_999 * 3600)),
+                "{d:?} -> {s}"
+            );
             assert!(back > Duration::ZERO);
         }
     }

@@ -98,7 +98,11 @@ pub(crate) fn retry_headers(rejection: &Rejection, headers: &mut HeaderMap) {
             "ratelimit-policy",
             format!("{name};q={};w={}", p.quota, retry_after_secs(p.window)),
         );
-        set(headers, "ratelimit", format!("{name};r={};t={t}", p.remaining));
+        set(
+            headers,
+            "ratelimit",
+            format!("{name};r={};t={t}", p.remaining),
+        );
         retry = Some(retry.map_or(t, |r| r.max(t)));
     }
     if let Some(secs) = retry {
@@ -165,7 +169,11 @@ fn grpc_message(msg: &str) -> String {
 }
 
 /// A gRPC trailers-only answer: HTTP 200, `grpc-status`, `grpc-message`, no body.
-pub(crate) fn grpc_answer(code: Code, message: &str, retry_after: Option<Duration>) -> Response<Bytes> {
+pub(crate) fn grpc_answer(
+    code: Code,
+    message: &str,
+    retry_after: Option<Duration>,
+) -> Response<Bytes> {
     let mut res = Response::new(Bytes::new());
     let h = res.headers_mut();
     h.insert(CONTENT_TYPE, GRPC);
@@ -200,7 +208,11 @@ impl Rejection {
 
     /// This rejection as a gRPC trailers-only response (HTTP 200 with `grpc-status`).
     pub fn to_grpc_response(&self) -> Response<Bytes> {
-        grpc_answer(Code::for_rejection(self), &self.to_string(), self.retry_after())
+        grpc_answer(
+            Code::for_rejection(self),
+            &self.to_string(),
+            self.retry_after(),
+        )
     }
 }
 
@@ -247,7 +259,8 @@ mod tests {
 
     #[test]
     fn problem_json_shape() {
-        let res = Rejection::circuit_open("db", Some(Duration::from_millis(2500))).to_http_response();
+        let res =
+            Rejection::circuit_open("db", Some(Duration::from_millis(2500))).to_http_response();
         assert_eq!(res.status(), 503);
         assert_eq!(res.headers()["content-type"], "application/problem+json");
         assert_eq!(res.headers()["retry-after"], "3");
@@ -265,7 +278,10 @@ mod tests {
         let res = Rejection::feature_disabled("new-ui\u{e9}%").to_grpc_response();
         assert_eq!(res.status(), 200);
         assert_eq!(res.headers()["grpc-status"], "12");
-        assert_eq!(res.headers()["grpc-message"], "feature `new-ui%C3%A9%25` is disabled");
+        assert_eq!(
+            res.headers()["grpc-message"],
+            "feature `new-ui%C3%A9%25` is disabled"
+        );
         assert!(res.body().is_empty());
     }
 
