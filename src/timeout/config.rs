@@ -97,7 +97,10 @@ impl TimeoutConfig {
             .propagate_grpc_timeout(self.propagate_grpc_timeout);
         if let Some(header) = &self.deadline_header {
             let name = http::HeaderName::try_from(header.as_str()).map_err(|_| {
-                ConfigError::new("deadline_header", format!("{header:?} is not a header name"))
+                ConfigError::new(
+                    "deadline_header",
+                    format!("{header:?} is not a header name"),
+                )
             })?;
             deadline = deadline.header(name, self.deadline_header_unit);
         }
@@ -114,5 +117,87 @@ impl TimeoutConfig {
         Ok(TimeoutLayer::new(self.timeout)
             .name(self.name.as_str())
             .mode(self.mode))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from_json(json: &str) -> TimeoutConfig {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn defaults_fill_everything_but_the_timeout() {
+        let c = from_json(r#"{ "timeout": "250ms" }"#);
+        assert_eq!(c, TimeoutConfig::new(Duration::from_millis(250)));
+        assert_eq!(c.name, "timeout");
+        assert_eq!(c.mode, Mode::Enforce);
+        assert!(
+            serde_json::from_str::<TimeoutConfig>("{}").is_err(),
+            "timeout is required"
+        );
+        assert!(
+            serde_json::from_str::<TimeoutConfig>(r#"{ "timeout": 2 }"#).is_err(),
+            "a bare number has no unit"
+        );
+        assert!(
+            serde_json::from_str::<TimeoutConfig>(r#"{ "timeout": "2s", "timout": "1s" }"#)
+                .is_err(),
+            "typos are caught"
+        );
+    }
+
+    #[test]
+    fn round_trips_through_json() {
+        let mut c = TimeoutConfig::new(Duration::from_secs(90));
+        c.name = "db".into();
+        c.mode = Mode::Shadow;
+        let json = serde_json::to_string(&c).unwrap();
+        assert!(json.contains(r#""timeout":"90s""#), "{json}");
+        assert!(json.contains(r#""mode":"shadow""#), "{json}");
+        assert_eq!(from_json(&json), c);
+    }
+
+    #[test]
+    fn build_names_the_bad_field() {
+        let err = TimeoutConfig::new(Duration::ZERO).build().unwrap_err();
+        assert_eq!(err.field(), "timeout");
+        assert!(err.to_string().starts_with("invalid `timeout`"), "{err}");
+
+        let mut c = TimeoutConfig::new(Duration::from_secs(1));
+        c.name.clear();
+        assert_eq!(c.build().unwrap_err().field(), "name");
+
+        c.name = "api".into();
+        let layer = c.build().unwrap();
+        assert!(format!("{layer:?}").contains("api"));
+    }
+
+    #[cfg(feature = "http")]
+    #[test]
+    fn http_options() {
+        let c = from_json(
+            r#"{ "timeout": "2s", "grpc_timeout": false, "deadline_header": "X-Budget",
+                 "deadline_header_unit": "seconds", "propagate_grpc_timeout": true }"#,
+        );
+        assert!(!c.grpc_timeout);
+        assert_eq!(c.deadline_header_unit, super::super::DeadlineUnit::Seconds);
+        assert!(c.propagate_grpc_timeout);
+        assert!(c.build().is_ok(), "header names are case-insensitive");
+
+        for bad in ["", "bad header", "x:y", "é"] {
+            let mut c = TimeoutConfig::new(Duration::from_secs(1));
+            c.deadline_header = Some(bad.into());
+            let err = c.build().unwrap_err();
+            assert_eq!(err.field(), "deadline_header", "{bad:?}");
+        }
+        assert!(
+            serde_json::from_str::<TimeoutConfig>(
+                r#"{ "timeout": "2s", "deadline_header_unit": "minutes" }"#
+            )
+            .is_err()
+        );
     }
 }

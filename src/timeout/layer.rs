@@ -74,7 +74,34 @@ impl TimeoutLayer {
 
 impl<T> TimeoutLayer<T> {
     /// The timeout of each call from `timeout` — a [`Duration`] or a closure
-    /// `Fn(&Req) -> Duration` (e.g. longer for uploads).
+    /// `Fn(&Req) -> Duration` (e.g. longer for uploads). The caller's deadline, when a
+    /// [`deadline`](TimeoutLayer::deadline) source is set, can still shorten it.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
+    /// use tower_parapet::timeout::TimeoutLayer;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), tower_parapet::BoxError> {
+    /// let mut svc = ServiceBuilder::new()
+    ///     .layer(TimeoutLayer::per_request(|path: &&str| {
+    ///         if path.starts_with("/upload") {
+    ///             Duration::from_secs(60)
+    ///         } else {
+    ///             Duration::from_secs(2)
+    ///         }
+    ///     }))
+    ///     .service(service_fn(|_path: &str| async {
+    ///         tokio::time::sleep(Duration::from_secs(10)).await;
+    ///         Ok::<_, std::convert::Infallible>("stored")
+    ///     }));
+    ///
+    /// assert_eq!(svc.ready().await?.call("/upload/video").await?, "stored");
+    /// assert!(svc.ready().await?.call("/search").await.is_err());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn per_request(timeout: T) -> TimeoutLayer<T> {
         TimeoutLayer {
             timeout,
@@ -223,8 +250,12 @@ where
             });
         }
         let at = instant_after(Instant::now(), after);
-        self.deadline.record(&mut req, Deadline::new(at));
         let shadow = mode == Mode::Shadow;
+        if !shadow {
+            // A shadow deadline is only watched: recording it would let inner layers (or
+            // the next hop) enforce it.
+            self.deadline.record(&mut req, Deadline::new(at));
+        }
         if after.is_zero() {
             // Nothing is left of the deadline: the call cannot finish in time.
             shared.observer.emit(&Event::TimedOut {
@@ -238,5 +269,36 @@ where
             return ResponseFuture::passthrough(self.inner.call(req));
         }
         ResponseFuture::timed(self.inner.call(req), at, after, shadow, self.shared.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn setters_copy_on_write_but_keep_the_mode_shared() {
+        let base = TimeoutLayer::new(Duration::from_secs(1)).mode(Mode::Shadow);
+        let renamed = base.clone().name("db");
+        assert_eq!(&*base.shared.name, "timeout");
+        assert_eq!(&*renamed.shared.name, "db");
+        renamed.mode_handle().set(Mode::Off);
+        assert_eq!(base.mode_handle().get(), Mode::Off, "one mode for both");
+
+        let debug = format!("{renamed:?}");
+        assert!(debug.contains("\"db\"") && debug.contains("Off"), "{debug}");
+    }
+
+    #[test]
+    fn durations_and_closures_are_request_timeouts() {
+        fn timeout_of<Req>(t: &impl RequestTimeout<Req>, req: &Req) -> Duration {
+            t.timeout(req)
+        }
+        assert_eq!(
+            timeout_of(&Duration::from_secs(3), &()),
+            Duration::from_secs(3)
+        );
+        let by_size = |n: &u64| Duration::from_millis(*n);
+        assert_eq!(timeout_of(&by_size, &250), Duration::from_millis(250));
     }
 }

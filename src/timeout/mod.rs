@@ -42,38 +42,82 @@
 //! once without calling the inner service. Other request types use a
 //! [`DeadlineSource`] of their own, or none ([`NoDeadline`], the default).
 //!
+//! ```
+//! # #[cfg(feature = "http")] {
+//! use std::time::Duration;
+//! use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
+//! use tower_parapet::timeout::{Deadline, HttpDeadline, TimeoutLayer};
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true)
+//! #     .build().unwrap().block_on(async {
+//! let mut svc = ServiceBuilder::new()
+//!     .layer(TimeoutLayer::new(Duration::from_secs(2)).deadline(HttpDeadline::new()))
+//!     .service(service_fn(|req: http::Request<()>| async move {
+//!         // What an outgoing call made from here may still spend.
+//!         let left = req.extensions().get::<Deadline>().map(Deadline::remaining);
+//!         Ok::<_, std::convert::Infallible>(left)
+//!     }));
+//!
+//! let req = http::Request::builder().header("grpc-timeout", "300m").body(()).unwrap();
+//! let left = svc.ready().await?.call(req).await?;
+//! assert_eq!(left, Some(Duration::from_millis(300)));
+//! # Ok::<_, tower_parapet::BoxError>(())
+//! # }).unwrap();
+//! # }
+//! ```
+//!
 //! # Shadow mode
 //! In [`Mode::Shadow`](crate::Mode::Shadow) the deadline is only reported
-//! ([`Event::TimedOut`] with `shadow: true`, once per call) and the call goes on: watch
-//! what a tighter timeout would cut before it cuts it. [`Mode::Off`](crate::Mode::Off)
-//! is a pure pass-through (no timer). Switch at runtime with
-//! [`TimeoutLayer::mode_handle`].
+//! ([`Event::TimedOut`] with `shadow: true`, once per call, when it passes) and the call
+//! goes on to its own end: watch what a tighter timeout would cut before it cuts it. A
+//! shadow layer leaves the request untouched — it records no [`Deadline`] and rewrites no
+//! header, so nothing further in leaves early because of it — but it still reports
+//! [`Event::DeadlineShortened`] and [`Event::DeadlineMalformed`].
+//! [`Mode::Off`](crate::Mode::Off) is a pure pass-through: no timer, no header read, no
+//! event. The mode is read once per call, so switching it at runtime through
+//! [`TimeoutLayer::mode_handle`] affects the next call of every service and clone the
+//! layer built, and never a call in flight.
 //!
 //! # Errors
-//! `Error = BoxError`: the inner service's errors pass through untouched (boxed, never
-//! wrapped); the layer's own error is [`Rejection::Timeout`](crate::Rejection::Timeout)
-//! with the deadline that expired.
+//! `Error = BoxError`: the inner service's errors pass through untouched (boxed with
+//! `Into<BoxError>`, never wrapped, so they downcast to their own type); the layer's own
+//! error is [`Rejection::Timeout`](crate::Rejection::Timeout) carrying the deadline that
+//! expired (the configured timeout, or the caller's shorter budget). Match it with
+//! [`Rejection::from_box`](crate::Rejection::from_box).
 //!
 //! # Shared state
 //! Name, observer and mode live in an `Arc` made with the layer: every service it builds
-//! and every clone share them. The layer keeps no per-request state outside the response
-//! future.
+//! and every clone share them, so one [`ModeHandle`](crate::ModeHandle) switches them all.
+//! Nothing is counted across calls; each call's timer lives in its response future. The
+//! call path takes no lock; with [`NoDeadline`] it makes no allocation either (an atomic
+//! load for the mode, reference counts for the observer and the timer). Reading the
+//! caller's deadline with [`HttpDeadline`] adds the allocation of inserting the
+//! [`Deadline`] extension (and of the header text, when propagating `grpc-timeout`).
 //!
 //! # Backpressure
 //! `poll_ready` forwards the inner service's readiness only; the timer starts in `call`.
 //! Time spent waiting for readiness is not part of the deadline (put a timeout outside a
-//! buffer or a concurrency limit to bound that too).
+//! buffer or a concurrency limit to bound that too). A call whose deadline is already
+//! gone is answered at once without calling the inner service.
 //!
 //! # Panics
-//! The layer does not panic. A panic of the inner future propagates unchanged through
-//! the response future; dropping the response future (cancellation, or the deadline)
-//! drops the inner future and the timer with it.
+//! `call` needs a Tokio runtime with the time driver enabled (as `tokio::time::sleep`
+//! does) unless the mode is off; it panics outside one. Otherwise the layer does not
+//! panic, whatever the request's headers say. A panic of the inner future propagates
+//! unchanged through the response future; dropping the response future (cancellation, or
+//! the deadline) drops the inner future and the timer with it.
 //!
 //! # Differences from `tower::timeout`
-//! - A typed [`Rejection::Timeout`](crate::Rejection::Timeout) in a flat `BoxError`
-//!   instead of `Elapsed`, so it maps to 504 / `DEADLINE_EXCEEDED` wherever it is stacked.
-//! - The caller's deadline shortens the timeout and travels on in the request.
-//! - Shadow and off modes, switchable at runtime; every expiry is an [`Event`].
+//! - A typed [`Rejection::Timeout`](crate::Rejection::Timeout) (with the deadline that
+//!   expired) instead of `Elapsed`, so it maps to 504 / `DEADLINE_EXCEEDED` wherever it
+//!   is stacked.
+//! - A flat `BoxError`: inner errors are boxed, never wrapped, however many parapet
+//!   layers sit between.
+//! - Deadline propagation: the caller's deadline shortens the timeout and travels on in
+//!   the request as a [`Deadline`].
+//! - Per-request timeouts from a closure ([`TimeoutLayer::per_request`]).
+//! - Shadow mode, switchable at runtime; every expiry is an [`Event`].
+//! - Off is a pure pass-through: no timer is created at all.
 //! - At the deadline the inner future is dropped at once, even if the caller keeps the
 //!   completed response future around.
 //!
