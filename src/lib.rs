@@ -97,7 +97,11 @@ mod parse;
 pub mod timeout;
 
 pub use error::{BoxError, ConfigError, RateLimitInfo, Rejection, RejectionKind, RejectionKinds};
+pub use fallback::FallbackLayer;
+#[cfg(feature = "http")]
+pub use http::RejectionResponseLayer;
 pub use mode::{Mode, ModeHandle};
+pub use timeout::{Deadline, TimeoutLayer};
 
 #[cfg(all(doctest, feature = "http"))]
 #[doc = include_str!("../README.md")]
