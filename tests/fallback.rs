@@ -12,7 +12,10 @@ use tower_parapet::key::{self, KeyError};
 use tower_parapet::observe::Event;
 use tower_parapet::{BoxError, Rejection, RejectionKind, RejectionKinds};
 
-fn outcomes() -> (Arc<Mutex<Vec<String>>>, impl Fn(&Event<'_>) + Send + Sync + 'static) {
+fn outcomes() -> (
+    Arc<Mutex<Vec<String>>>,
+    impl Fn(&Event<'_>) + Send + Sync + 'static,
+) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let sink = seen.clone();
     (seen, move |e: &Event<'_>| {
@@ -89,24 +92,41 @@ async fn an_async_function_source_and_its_own_error() {
     let broken = fallback::from_async_fn(|_failure: Failure<String>| async {
         Err::<String, BoxError>("replica down too".into())
     });
-    let svc = FallbackLayer::new(broken).observer(observer).layer(scripted(always_down));
-    assert_eq!(svc.oneshot("a").await.unwrap_err().to_string(), "replica down too");
+    let svc = FallbackLayer::new(broken)
+        .observer(observer)
+        .layer(scripted(always_down));
+    assert_eq!(
+        svc.oneshot("a").await.unwrap_err().to_string(),
+        "replica down too"
+    );
     assert_eq!(*seen.lock().unwrap(), ["fallback_unavailable"]);
 }
 
 #[tokio::test]
 async fn the_classifier_decides_and_other_failures_pass_through_untouched() {
     let only_timeouts = RejectionsAsFailures::only(RejectionKinds::of(&[RejectionKind::Timeout]));
-    let layer = FallbackLayer::new(fallback::value("fallback".to_owned())).classifier(only_timeouts);
+    let layer =
+        FallbackLayer::new(fallback::value("fallback".to_owned())).classifier(only_timeouts);
 
-    let err = layer.layer(scripted(always_down)).oneshot("a").await.unwrap_err();
-    assert_eq!(err.downcast_ref::<DbDown>(), Some(&DbDown), "the original error, untouched");
+    let err = layer
+        .layer(scripted(always_down))
+        .oneshot("a")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.downcast_ref::<DbDown>(),
+        Some(&DbDown),
+        "the original error, untouched"
+    );
 
     let open = service_fn(|_: ()| async {
         Err::<String, BoxError>(Rejection::circuit_open("db", None).boxed())
     });
     let err = layer.layer(open).oneshot(()).await.unwrap_err();
-    assert_eq!(Rejection::from_box(&err).unwrap().kind(), RejectionKind::CircuitOpen);
+    assert_eq!(
+        Rejection::from_box(&err).unwrap().kind(),
+        RejectionKind::CircuitOpen
+    );
 
     let timeout = service_fn(|_: ()| async {
         Err::<String, BoxError>(Rejection::timeout(Duration::from_secs(1)).boxed())
@@ -120,10 +140,20 @@ async fn last_known_good_replays_the_latest_success_and_misses_return_the_failur
     // Calls 1 and 2 succeed, then everything fails.
     let svc = FallbackLayer::new(LastKnownGood::new(key::Global))
         .observer(observer)
-        .layer(scripted(|n| if n <= 2 { Ok(()) } else { Err(Box::new(DbDown)) }));
+        .layer(scripted(|n| {
+            if n <= 2 {
+                Ok(())
+            } else {
+                Err(Box::new(DbDown))
+            }
+        }));
     let fresh = FallbackLayer::new(LastKnownGood::new(key::Global)).layer(scripted(always_down));
     let err = fresh.oneshot("a").await.unwrap_err();
-    assert_eq!(err.downcast_ref::<DbDown>(), Some(&DbDown), "nothing stored: the failure");
+    assert_eq!(
+        err.downcast_ref::<DbDown>(),
+        Some(&DbDown),
+        "nothing stored: the failure"
+    );
 
     assert_eq!(svc.clone().oneshot("a").await.unwrap(), "ok-1");
     assert_eq!(svc.clone().oneshot("a").await.unwrap(), "ok-2");
@@ -143,24 +173,40 @@ async fn last_known_good_replays_the_latest_success_and_misses_return_the_failur
 #[tokio::test(start_paused = true)]
 async fn last_known_good_is_keyed_and_shared_by_clones() {
     let by_request = key::from_fn(|req: &&'static str| Ok::<_, KeyError>(req.to_string()));
-    let fail_after_two: fn(u32) -> Result<(), BoxError> =
-        |n| if n <= 2 { Ok(()) } else { Err(Box::new(DbDown)) };
+    let fail_after_two: fn(u32) -> Result<(), BoxError> = |n| {
+        if n <= 2 {
+            Ok(())
+        } else {
+            Err(Box::new(DbDown))
+        }
+    };
     let svc = FallbackLayer::new(LastKnownGood::new(by_request)).layer(scripted(fail_after_two));
     let clone = svc.clone();
     assert_eq!(svc.clone().oneshot("alice").await.unwrap(), "ok-1");
     assert_eq!(svc.clone().oneshot("bob").await.unwrap(), "ok-2");
     assert_eq!(clone.clone().oneshot("alice").await.unwrap(), "ok-1");
     assert_eq!(clone.clone().oneshot("bob").await.unwrap(), "ok-2");
-    assert!(clone.oneshot("carol").await.is_err(), "no value for another key");
+    assert!(
+        clone.oneshot("carol").await.is_err(),
+        "no value for another key"
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn last_known_good_expires_after_its_ttl() {
     let (seen, observer) = outcomes();
-    let source = LastKnownGoodConfig::new(Duration::from_secs(60)).build(key::Global).unwrap();
+    let source = LastKnownGoodConfig::new(Duration::from_secs(60))
+        .build(key::Global)
+        .unwrap();
     let svc = FallbackLayer::new(source)
         .observer(observer)
-        .layer(scripted(|n| if n == 1 { Ok(()) } else { Err(Box::new(DbDown)) }));
+        .layer(scripted(|n| {
+            if n == 1 {
+                Ok(())
+            } else {
+                Err(Box::new(DbDown))
+            }
+        }));
     assert_eq!(svc.clone().oneshot("a").await.unwrap(), "ok-1");
     tokio::time::advance(Duration::from_secs(59)).await;
     assert_eq!(svc.clone().oneshot("a").await.unwrap(), "ok-1");
@@ -175,11 +221,19 @@ async fn last_known_good_expires_after_its_ttl() {
 
 #[test]
 fn last_known_good_config_validates() {
-    assert_eq!(LastKnownGoodConfig::new(Duration::ZERO).validate().unwrap_err().field(), "ttl");
+    assert_eq!(
+        LastKnownGoodConfig::new(Duration::ZERO)
+            .validate()
+            .unwrap_err()
+            .field(),
+        "ttl"
+    );
     let c: LastKnownGoodConfig =
         serde_json::from_str(r#"{"ttl": "5m", "max_entries": 100}"#).unwrap();
     assert_eq!(c.ttl, Duration::from_secs(300));
-    assert!(serde_json::from_str::<LastKnownGoodConfig>(r#"{"ttl": "5m", "max_entries": 0}"#).is_err());
+    assert!(
+        serde_json::from_str::<LastKnownGoodConfig>(r#"{"ttl": "5m", "max_entries": 0}"#).is_err()
+    );
 }
 
 #[tokio::test]
@@ -249,7 +303,10 @@ mod http_responses {
                         .status(StatusCode::OK)
                         .header("content-type", "application/json")
                         .header("etag", "\"v1\"")
-                        .body(Full::new(Bytes::from(format!("{{\"path\":\"{}\"}}", req.uri().path()))))
+                        .body(Full::new(Bytes::from(format!(
+                            "{{\"path\":\"{}\"}}",
+                            req.uri().path()
+                        ))))
                         .unwrap()),
                     2 => Ok(Response::builder()
                         .status(StatusCode::SERVICE_UNAVAILABLE)
@@ -268,7 +325,10 @@ mod http_responses {
             .mark(HeaderMark::default())
             .layer(flaky());
         let first = svc.clone().oneshot(get("/prices")).await.unwrap();
-        assert!(first.headers().get("parapet-fallback").is_none(), "fresh is unmarked");
+        assert!(
+            first.headers().get("parapet-fallback").is_none(),
+            "fresh is unmarked"
+        );
         let first_body = first.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(first_body, r#"{"path":"/prices"}"#);
 
@@ -283,7 +343,11 @@ mod http_responses {
             assert_eq!(body, first_body);
         }
         let other = svc.oneshot(get("/other")).await.unwrap_err();
-        assert_eq!(other.downcast_ref::<DbDown>(), Some(&DbDown), "another target has no copy");
+        assert_eq!(
+            other.downcast_ref::<DbDown>(),
+            Some(&DbDown),
+            "another target has no copy"
+        );
     }
 
     #[tokio::test]
@@ -291,16 +355,38 @@ mod http_responses {
         let answer = |status: u16| {
             service_fn(move |_: Request<()>| async move {
                 Ok::<_, Infallible>(
-                    Response::builder().status(status).body(Full::new(Bytes::new())).unwrap(),
+                    Response::builder()
+                        .status(status)
+                        .body(Full::new(Bytes::new()))
+                        .unwrap(),
                 )
             })
         };
         let layer = FallbackLayer::new(fallback::value(
-            Response::builder().status(200).body(Full::new(Bytes::from_static(b"fallback"))).unwrap(),
+            Response::builder()
+                .status(200)
+                .body(Full::new(Bytes::from_static(b"fallback")))
+                .unwrap(),
         ))
         .classifier(ServerErrorsAsFailures);
-        assert_eq!(layer.layer(answer(404)).oneshot(get("/")).await.unwrap().status(), 404);
-        assert_eq!(layer.layer(answer(500)).oneshot(get("/")).await.unwrap().status(), 200);
+        assert_eq!(
+            layer
+                .layer(answer(404))
+                .oneshot(get("/"))
+                .await
+                .unwrap()
+                .status(),
+            404
+        );
+        assert_eq!(
+            layer
+                .layer(answer(500))
+                .oneshot(get("/"))
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
     }
 
     #[tokio::test]
@@ -313,13 +399,17 @@ mod http_responses {
             .observer(observer)
             .layer(big);
         let res = svc.oneshot(get("/big")).await.unwrap();
-        assert_eq!(res.into_body().collect().await.unwrap().to_bytes().len(), 2048);
+        assert_eq!(
+            res.into_body().collect().await.unwrap().to_bytes().len(),
+            2048
+        );
         assert_eq!(*seen.lock().unwrap(), ["last_known_good_skipped"]);
 
         // A streaming body (unknown size): passed through, not kept.
         let (seen, observer) = outcomes();
         let streaming = service_fn(|_: Request<()>| async {
-            let chunks = futures_util::stream::iter([Ok::<_, Infallible>(Bytes::from_static(b"chunk"))]);
+            let chunks =
+                futures_util::stream::iter([Ok::<_, Infallible>(Bytes::from_static(b"chunk"))]);
             Ok::<_, BoxError>(Response::new(axum::body::Body::from_stream(chunks)))
         });
         let svc = FallbackLayer::new(LastKnownGood::http(Target::new()))

@@ -99,7 +99,12 @@ where
                     match shared.source.recover(rcx, failure, reporter) {
                         Recovered::Ready(answer) => {
                             this.state.set(State::Done);
-                            return Poll::Ready(finish(shared, rcx, answer.map_err(Failure::into_result), trigger));
+                            return Poll::Ready(finish(
+                                shared,
+                                rcx,
+                                answer.map_err(Failure::into_result),
+                                trigger,
+                            ));
                         }
                         Recovered::Future(fut) => {
                             this.state.set(State::Recovering { fut, trigger });

@@ -172,7 +172,11 @@ impl<K: fmt::Debug, P: fmt::Debug> fmt::Debug for LastKnownGood<K, P> {
 impl<K> LastKnownGood<K> {
     /// Keep `Clone` responses keyed by `key`, for 5 minutes, 10 000 keys at most.
     pub fn new(key: K) -> LastKnownGood<K> {
-        LastKnownGood::with_config(key, CloneSnapshot, LastKnownGoodConfig::new(Duration::from_secs(300)))
+        LastKnownGood::with_config(
+            key,
+            CloneSnapshot,
+            LastKnownGoodConfig::new(Duration::from_secs(300)),
+        )
     }
 }
 
@@ -330,7 +334,10 @@ where
             return Recovered::Ready(Err(failure));
         };
         match cache.get(key) {
-            Some(entry) if self.clock.now().saturating_duration_since(entry.stored_at) < self.config.ttl => {
+            Some(entry)
+                if self.clock.now().saturating_duration_since(entry.stored_at)
+                    < self.config.ttl =>
+            {
                 Recovered::Ready(Ok(self.snapshot.restore(&entry.value)))
             }
             Some(_) => {
@@ -375,4 +382,3 @@ where
         cx.0.as_ref().ok().map(|k| k as &dyn fmt::Debug)
     }
 }
-

@@ -123,7 +123,12 @@ pub trait Source<Req, Res>: Clone + Send + Sync + 'static {
     fn prepare(&self, req: &Req, reporter: &Reporter) -> Self::Context;
 
     /// Answer for `failure`.
-    fn recover(&self, cx: &Self::Context, failure: Failure<Res>, reporter: &Reporter) -> Recovered<Res>;
+    fn recover(
+        &self,
+        cx: &Self::Context,
+        failure: Failure<Res>,
+        reporter: &Reporter,
+    ) -> Recovered<Res>;
 
     /// See a successful response; return it (possibly rebuilt).
     fn on_success(&self, cx: Self::Context, res: Res, reporter: &Reporter) -> Kept<Res> {
@@ -175,9 +180,11 @@ pub struct FromFn<F>(F);
 /// use tower_parapet::fallback::{self, Failure};
 /// use tower_parapet::RejectionKind;
 ///
-/// let source = fallback::from_fn(|failure: Failure<String>| match failure.rejection() {
-///     Some(r) if r.kind() == RejectionKind::Timeout => Ok("try again shortly".to_owned()),
-///     _ => Ok("unavailable".to_owned()),
+/// let source = fallback::from_fn(|failure: Failure<String>| -> Result<String, tower_parapet::BoxError> {
+///     match failure.rejection() {
+///         Some(r) if r.kind() == RejectionKind::Timeout => Ok("try again shortly".to_owned()),
+///         _ => Ok("unavailable".to_owned()),
+///     }
 /// });
 /// # let _ = source;
 /// ```
@@ -187,7 +194,9 @@ pub fn from_fn<F>(f: F) -> FromFn<F> {
 
 impl<F> fmt::Debug for FromFn<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("FromFn").field(&std::any::type_name::<F>()).finish()
+        f.debug_tuple("FromFn")
+            .field(&std::any::type_name::<F>())
+            .finish()
     }
 }
 
@@ -220,7 +229,9 @@ pub fn from_async_fn<F>(f: F) -> FromAsyncFn<F> {
 
 impl<F> fmt::Debug for FromAsyncFn<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("FromAsyncFn").field(&std::any::type_name::<F>()).finish()
+        f.debug_tuple("FromAsyncFn")
+            .field(&std::any::type_name::<F>())
+            .finish()
     }
 }
 
