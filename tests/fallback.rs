@@ -420,3 +420,63 @@ mod http_responses {
         assert_eq!(*seen.lock().unwrap(), ["last_known_good_skipped"]);
     }
 }
+
+#[cfg(feature = "http")]
+mod http_safety {
+    use super::*;
+    use bytes::Bytes;
+    use http::{Request, Response};
+    use http_body_util::Full;
+    use tower_parapet::fallback::LastKnownGood;
+    use tower_parapet::key::Target;
+
+    /// Responses that must not be replayed to another caller are not kept.
+    #[tokio::test]
+    async fn private_cookie_setting_and_non_2xx_responses_are_not_kept() {
+        for (header, value, status) in [
+            ("set-cookie", "session=abc", 200),
+            ("cache-control", "max-age=60, private", 200),
+            ("cache-control", "no-store", 200),
+            ("x-other", "1", 404),
+        ] {
+            let (seen, observer) = outcomes();
+            let calls = Arc::new(AtomicU32::new(0));
+            let svc = service_fn(move |_: Request<()>| {
+                let n = calls.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    if n > 0 {
+                        return Err::<Response<Full<Bytes>>, BoxError>(Box::new(DbDown));
+                    }
+                    Ok(Response::builder()
+                        .status(status)
+                        .header(header, value)
+                        .body(Full::new(Bytes::from_static(b"for one user")))
+                        .unwrap())
+                }
+            });
+            let svc = FallbackLayer::new(LastKnownGood::http(Target::new()))
+                .observer(observer)
+                .layer(svc);
+            let first = svc
+                .clone()
+                .oneshot(Request::get("/me").body(()).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(first.status().as_u16(), status);
+            let err = svc
+                .oneshot(Request::get("/me").body(()).unwrap())
+                .await
+                .unwrap_err();
+            assert_eq!(
+                err.downcast_ref::<DbDown>(),
+                Some(&DbDown),
+                "{header}: {value}"
+            );
+            assert_eq!(
+                *seen.lock().unwrap(),
+                ["last_known_good_skipped", "fallback_unavailable"],
+                "{header}: {value}"
+            );
+        }
+    }
+}

@@ -14,6 +14,12 @@ use super::source::Mark;
 /// the response goes on with the buffered body. Streaming bodies of unknown size and
 /// larger ones pass through untouched and are not kept.
 ///
+/// Only responses that are safe to replay to another request with the same key are kept:
+/// a `2xx` status, no `Set-Cookie`, and no `Cache-Control: no-store` or `private`. The
+/// key decides who may see a copy: with [`Target`](crate::key::Target) (method, path and
+/// query) every caller of that URL may be answered with it, so add the user or tenant to
+/// the key (a pair of extractors) when responses depend on who asks.
+///
 /// The body type must be buildable from `Bytes` (`B: From<Bytes>`): axum's `Body`,
 /// `http_body_util::Full<Bytes>` and most others are.
 #[derive(Debug, Clone, Copy)]
@@ -26,6 +32,25 @@ impl HttpSnapshot {
     pub fn new(max_body_bytes: u64) -> HttpSnapshot {
         HttpSnapshot { max_body_bytes }
     }
+}
+
+/// Why a response must not be replayed, if it must not.
+fn not_replayable<B>(res: &Response<B>) -> Option<&'static str> {
+    if !res.status().is_success() {
+        return Some("status is not 2xx");
+    }
+    let headers = res.headers();
+    if headers.contains_key(http::header::SET_COOKIE) {
+        return Some("response sets a cookie");
+    }
+    let private = headers
+        .get_all(http::header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|d| d.trim().split('=').next().unwrap_or("").trim())
+        .any(|d| d.eq_ignore_ascii_case("no-store") || d.eq_ignore_ascii_case("private"));
+    private.then_some("Cache-Control forbids storing it")
 }
 
 /// A stored HTTP response.
@@ -55,6 +80,9 @@ where
     type Stored = StoredResponse;
 
     fn take(&self, res: Response<B>) -> Taken<Response<B>, StoredResponse> {
+        if let Some(reason) = not_replayable(&res) {
+            return Taken::Ready(res, Err(reason));
+        }
         match res.body().size_hint().exact() {
             Some(n) if n <= self.max_body_bytes => {}
             Some(_) => return Taken::Ready(res, Err("body larger than max_body_bytes")),

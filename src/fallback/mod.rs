@@ -48,7 +48,10 @@
 //! is answered with the last good data for a bounded time. [`CloneSnapshot`] copies `Clone`
 //! responses; [`HttpSnapshot`] (feature `http`) buffers HTTP bodies of a known size up to
 //! `max_body_bytes` and rebuilds the response from the copy; larger or streaming bodies
-//! pass through untouched and are not kept ([`Event::LastKnownGoodSkipped`]). When a key
+//! pass through untouched and are not kept ([`Event::LastKnownGoodSkipped`]), and so do
+//! responses unsafe to replay to another caller: non-2xx, `Set-Cookie`,
+//! `Cache-Control: private` or `no-store`. The key decides who may be answered with a
+//! copy: include the user or tenant in it when responses depend on who asks. When a key
 //! has no copy, the original failure is returned ([`Event::FallbackUnavailable`]).
 //!
 //! Every fallback answer is an [`Event::FallbackServed`] with its source and trigger;
