@@ -1,0 +1,83 @@
+//! Contract 9: the timeout's admission path makes no allocation in its common case.
+//!
+//! A counting global allocator (this test binary only) counts the allocations made on
+//! this thread while calling a timeout-wrapped service whose response is ready at once.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::convert::Infallible;
+use std::future::{Ready, ready};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use tower::{Layer, Service};
+use tower_parapet::TimeoutLayer;
+
+struct Counting;
+
+thread_local! {
+    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+}
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.with(|n| n.set(n.get() + 1));
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+#[derive(Clone, Copy)]
+struct Echo;
+
+impl Service<u64> for Echo {
+    type Response = u64;
+    type Error = Infallible;
+    type Future = Ready<Result<u64, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: u64) -> Self::Future {
+        ready(Ok(req))
+    }
+}
+
+fn allocations_during(mut f: impl FnMut()) -> u64 {
+    let before = ALLOCATIONS.with(Cell::get);
+    f();
+    ALLOCATIONS.with(Cell::get) - before
+}
+
+#[test]
+fn timeout_admission_allocates_nothing() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let _guard = rt.enter();
+    let mut svc = TimeoutLayer::new(Duration::from_secs(1)).layer(Echo);
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut one_call = |i| {
+        assert!(svc.poll_ready(&mut cx).is_ready());
+        assert_eq!(svc.call(i).now_or_never().unwrap().unwrap(), i);
+    };
+    // Warm up (lazily initialised runtime and tracing state).
+    for i in 0..16 {
+        one_call(i);
+    }
+    let n = allocations_during(|| {
+        for i in 0..1_000 {
+            one_call(i);
+        }
+    });
+    assert_eq!(n, 0, "allocations in 1000 admitted calls");
+}
