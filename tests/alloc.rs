@@ -1,4 +1,4 @@
-//! Contract 9: the timeout's admission path makes no allocation in its common case.
+//! Contract 9: the admission paths make no allocation in their common case.
 //!
 //! A counting global allocator (this test binary only) counts the allocations made on
 //! this thread while calling a timeout-wrapped service whose response is ready at once.
@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 use tower::{Layer, Service};
-use tower_parapet::TimeoutLayer;
+use tower_parapet::{FallbackLayer, TimeoutLayer};
 
 struct Counting;
 
@@ -80,4 +80,29 @@ fn timeout_admission_allocates_nothing() {
         }
     });
     assert_eq!(n, 0, "allocations in 1000 admitted calls");
+}
+
+#[test]
+fn fallback_success_path_allocates_nothing() {
+    let mut svc = FallbackLayer::value(0u64).layer(Echo);
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut one_call = |i| {
+        assert!(svc.poll_ready(&mut cx).is_ready());
+        assert_eq!(svc.call(i).now_or_never().unwrap().unwrap(), i);
+    };
+    for i in 0..16 {
+        one_call(i);
+    }
+    let n = allocations_during(|| {
+        for i in 0..1_000 {
+            one_call(i);
+        }
+    });
+    assert_eq!(n, 0, "allocations in 1000 successful calls");
+}
+
+#[test]
+fn the_counter_counts() {
+    let n = allocations_during(|| drop(std::hint::black_box(Box::new(1u64))));
+    assert_eq!(n, 1);
 }

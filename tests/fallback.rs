@@ -276,6 +276,197 @@ async fn a_panic_in_the_inner_future_propagates() {
     assert!(tokio::spawn(svc.oneshot(())).await.unwrap_err().is_panic());
 }
 
+#[tokio::test]
+async fn the_layer_in_a_service_builder_with_a_fixed_value() {
+    let mut svc = tower::ServiceBuilder::new()
+        .layer(FallbackLayer::value(0u64))
+        .service(service_fn(|n: u64| async move {
+            if n < 5 { Ok(n) } else { Err(DbDown) }
+        }));
+    assert_eq!(svc.ready().await.unwrap().call(4).await.unwrap(), 4);
+    assert_eq!(svc.ready().await.unwrap().call(5).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn events_name_the_source_the_trigger_and_the_key() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    let observer = move |e: &Event<'_>| {
+        if let Event::FallbackServed {
+            name,
+            source,
+            trigger,
+            key,
+        }
+        | Event::FallbackUnavailable {
+            name,
+            source,
+            trigger,
+            key,
+        } = e
+        {
+            sink.lock().unwrap().push(format!(
+                "{} {name} {source} {trigger} {:?}",
+                e.outcome(),
+                key.map(|k| format!("{k:?}"))
+            ));
+        }
+    };
+    let by_request = key::from_fn(|req: &&'static str| Ok::<_, KeyError>(req.to_string()));
+    let svc = FallbackLayer::new(LastKnownGood::new(by_request))
+        .name("prices")
+        .observer(observer)
+        .layer(service_fn(|req: &'static str| async move {
+            match req {
+                "ok" => Ok("fresh".to_owned()),
+                "timeout" => Err(Rejection::timeout(Duration::from_secs(1)).boxed()),
+                _ => Err(Box::new(DbDown) as BoxError),
+            }
+        }));
+    svc.clone().oneshot("ok").await.unwrap();
+    svc.clone().oneshot("timeout").await.unwrap_err();
+    svc.oneshot("db").await.unwrap_err();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [
+            r#"fallback_unavailable prices last_known_good timeout Some("\"timeout\"")"#,
+            r#"fallback_unavailable prices last_known_good error Some("\"db\"")"#,
+        ]
+    );
+    let (seen, observer) = outcomes();
+    let svc = FallbackLayer::value("v".to_owned())
+        .observer(observer)
+        .layer(scripted(always_down));
+    svc.oneshot("a").await.unwrap();
+    assert_eq!(*seen.lock().unwrap(), ["fallback_served"]);
+}
+
+#[tokio::test]
+async fn a_function_can_decline_and_the_original_error_goes_back_untouched() {
+    let (seen, observer) = outcomes();
+    let declines = fallback::from_fn(|failure: Failure<String>| match failure {
+        Failure::Error(e) if e.is::<DbDown>() => Err(e),
+        _ => Ok("answered".to_owned()),
+    });
+    let svc = FallbackLayer::new(declines)
+        .observer(observer)
+        .layer(scripted(always_down));
+    let err = svc.oneshot("a").await.unwrap_err();
+    assert_eq!(err.downcast_ref::<DbDown>(), Some(&DbDown));
+    assert_eq!(*seen.lock().unwrap(), ["fallback_unavailable"]);
+}
+
+#[tokio::test]
+async fn ignored_outcomes_pass_through_without_events() {
+    let (seen, observer) = outcomes();
+    let ignore_all = tower_parapet::classify::from_fn(|_: Result<&String, &BoxError>| {
+        tower_parapet::classify::Outcome::Ignored
+    });
+    let svc = FallbackLayer::new(LastKnownGood::new(key::Global))
+        .classifier(ignore_all)
+        .observer(observer)
+        .layer(scripted(|n| {
+            if n == 1 {
+                Ok(())
+            } else {
+                Err(Box::new(DbDown))
+            }
+        }));
+    assert_eq!(svc.clone().oneshot("a").await.unwrap(), "ok-1");
+    let err = svc.oneshot("a").await.unwrap_err();
+    assert_eq!(err.downcast_ref::<DbDown>(), Some(&DbDown));
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "{:?}",
+        seen.lock().unwrap()
+    );
+}
+
+#[tokio::test]
+async fn a_panic_in_the_fallback_function_propagates() {
+    use futures_util::FutureExt;
+    use std::panic::AssertUnwindSafe;
+
+    let source = fallback::from_fn(|_: Failure<String>| -> Result<String, BoxError> {
+        panic!("fallback bug")
+    });
+    let svc = FallbackLayer::new(source).layer(scripted(always_down));
+    let caught = AssertUnwindSafe(svc.oneshot("a")).catch_unwind().await;
+    assert!(caught.is_err(), "the panic reached the caller");
+
+    let source = fallback::from_async_fn(|_: Failure<String>| async {
+        if true {
+            panic!("async fallback bug");
+        }
+        Ok::<String, BoxError>(String::new())
+    });
+    let svc = FallbackLayer::new(source).layer(scripted(always_down));
+    let caught = AssertUnwindSafe(svc.oneshot("a")).catch_unwind().await;
+    assert!(caught.is_err(), "the panic reached the caller");
+}
+
+#[tokio::test(start_paused = true)]
+async fn services_built_by_one_layer_share_the_store_until_cleared() {
+    let layer = FallbackLayer::new(LastKnownGood::new(key::Global));
+    let healthy = layer.layer(scripted(|_| Ok(())));
+    let broken = layer.layer(scripted(always_down));
+    assert_eq!(healthy.oneshot("a").await.unwrap(), "ok-1");
+    assert_eq!(broken.clone().oneshot("a").await.unwrap(), "ok-1");
+    layer.source().clear();
+    let err = broken.oneshot("a").await.unwrap_err();
+    assert_eq!(err.downcast_ref::<DbDown>(), Some(&DbDown), "forgotten");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_later_success_replaces_the_copy_and_restarts_its_ttl() {
+    let svc = FallbackLayer::new(LastKnownGood::new(key::Global).ttl(Duration::from_secs(10)))
+        .layer(scripted(|n| {
+            if n == 1 || n == 3 {
+                Ok(())
+            } else {
+                Err(Box::new(DbDown))
+            }
+        }));
+    assert_eq!(svc.clone().oneshot("a").await.unwrap(), "ok-1");
+    tokio::time::advance(Duration::from_secs(8)).await;
+    assert_eq!(
+        svc.clone().oneshot("a").await.unwrap(),
+        "ok-1",
+        "call 2 fails"
+    );
+    assert_eq!(svc.clone().oneshot("a").await.unwrap(), "ok-3");
+    tokio::time::advance(Duration::from_secs(8)).await;
+    assert_eq!(
+        svc.clone().oneshot("a").await.unwrap(),
+        "ok-3",
+        "16 s after ok-1"
+    );
+    tokio::time::advance(Duration::from_secs(2)).await;
+    assert!(svc.oneshot("a").await.is_err(), "10 s after ok-3");
+}
+
+#[cfg(feature = "test-util")]
+#[tokio::test]
+async fn last_known_good_reads_an_injected_clock() {
+    use tower_parapet::clock::ManualClock;
+    let manual = ManualClock::new();
+    let source = LastKnownGood::new(key::Global)
+        .ttl(Duration::from_secs(5))
+        .clock(manual.clone().into());
+    let svc = FallbackLayer::new(source).layer(scripted(|n| {
+        if n == 1 {
+            Ok(())
+        } else {
+            Err(Box::new(DbDown))
+        }
+    }));
+    svc.clone().oneshot("a").await.unwrap();
+    manual.advance(Duration::from_millis(4_999));
+    assert_eq!(svc.clone().oneshot("a").await.unwrap(), "ok-1");
+    manual.advance(Duration::from_millis(1));
+    assert!(svc.oneshot("a").await.is_err());
+}
+
 #[cfg(feature = "http")]
 mod http_responses {
     use super::*;
@@ -478,5 +669,168 @@ mod http_safety {
                 "{header}: {value}"
             );
         }
+    }
+}
+
+#[cfg(feature = "http")]
+mod http_buffering {
+    use super::*;
+    use bytes::Bytes;
+    use http::{HeaderName, Request, Response, StatusCode};
+    use http_body::{Frame, SizeHint};
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+    use tower_parapet::classify::ServerErrorsAsFailures;
+    use tower_parapet::fallback::HeaderMark;
+    use tower_parapet::key::{Header, Target};
+
+    /// A body of a known size that delivers its bytes, fails, or never ends.
+    #[derive(Debug)]
+    enum Body {
+        Data(Option<Bytes>),
+        Fails(u64),
+        Hangs(u64),
+    }
+
+    impl From<Bytes> for Body {
+        fn from(bytes: Bytes) -> Body {
+            Body::Data(Some(bytes))
+        }
+    }
+
+    impl http_body::Body for Body {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            match self.get_mut() {
+                Body::Data(data) => Poll::Ready(data.take().map(|b| Ok(Frame::data(b)))),
+                Body::Fails(_) => Poll::Ready(Some(Err("connection reset".into()))),
+                Body::Hangs(_) => Poll::Pending,
+            }
+        }
+
+        fn size_hint(&self) -> SizeHint {
+            match self {
+                Body::Data(Some(b)) => SizeHint::with_exact(b.len() as u64),
+                Body::Data(None) => SizeHint::with_exact(0),
+                Body::Fails(n) | Body::Hangs(n) => SizeHint::with_exact(*n),
+            }
+        }
+    }
+
+    async fn text(res: Response<Body>) -> Bytes {
+        http_body_util::BodyExt::collect(res.into_body())
+            .await
+            .unwrap()
+            .to_bytes()
+    }
+
+    /// Answers with the body `make(n)` for the n-th call.
+    fn answering(
+        make: fn(u32) -> Result<Response<Body>, BoxError>,
+    ) -> impl Service<Request<()>, Response = Response<Body>, Error = BoxError> + Clone {
+        let calls = Arc::new(AtomicU32::new(0));
+        service_fn(move |_: Request<()>| {
+            let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+            async move { make(n) }
+        })
+    }
+
+    fn get(path: &str) -> Request<()> {
+        Request::get(path).body(()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_body_error_while_buffering_is_returned_and_nothing_is_kept() {
+        let (seen, observer) = outcomes();
+        let svc = FallbackLayer::new(LastKnownGood::http(Target::new()))
+            .observer(observer)
+            .layer(answering(|n| match n {
+                1 => Ok(Response::new(Body::Fails(10))),
+                _ => Err(Box::new(DbDown)),
+            }));
+        let err = svc.clone().oneshot(get("/")).await.unwrap_err();
+        assert_eq!(err.to_string(), "connection reset");
+        let err = svc.oneshot(get("/")).await.unwrap_err();
+        assert_eq!(err.downcast_ref::<DbDown>(), Some(&DbDown), "nothing kept");
+        assert_eq!(*seen.lock().unwrap(), ["fallback_unavailable"]);
+    }
+
+    #[tokio::test]
+    async fn dropping_the_future_while_buffering_keeps_nothing() {
+        let mut svc =
+            FallbackLayer::new(LastKnownGood::http(Target::new())).layer(answering(|n| match n {
+                1 => Ok(Response::new(Body::Hangs(10))),
+                2 => Ok(Response::new(Body::from(Bytes::from_static(b"fresh")))),
+                _ => Err(Box::new(DbDown)),
+            }));
+        let mut fut = tokio_test::task::spawn(svc.ready().await.unwrap().call(get("/")));
+        tokio_test::assert_pending!(fut.poll());
+        drop(fut);
+        let res = svc.clone().oneshot(get("/x")).await.unwrap();
+        assert_eq!(text(res).await, "fresh", "still usable");
+        let err = svc.oneshot(get("/")).await.unwrap_err();
+        assert_eq!(
+            err.downcast_ref::<DbDown>(),
+            Some(&DbDown),
+            "nothing kept for /"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failing_response_with_nothing_to_replace_it_is_returned_unchanged() {
+        let (seen, observer) = outcomes();
+        let svc = FallbackLayer::new(LastKnownGood::http(Target::new()))
+            .classifier(ServerErrorsAsFailures)
+            .mark(HeaderMark::default())
+            .observer(observer)
+            .layer(answering(|_| {
+                Ok(Response::builder()
+                    .status(StatusCode::BAD_GATEWAY)
+                    .header("x-upstream", "db")
+                    .body(Body::from(Bytes::from_static(b"upstream down")))
+                    .unwrap())
+            }));
+        let res = svc.oneshot(get("/")).await.unwrap();
+        assert_eq!(res.status(), 502);
+        assert_eq!(res.headers()["x-upstream"], "db");
+        assert!(
+            res.headers().get("parapet-fallback").is_none(),
+            "not a fallback"
+        );
+        assert_eq!(text(res).await, "upstream down");
+        assert_eq!(*seen.lock().unwrap(), ["fallback_unavailable"]);
+    }
+
+    #[tokio::test]
+    async fn requests_without_a_key_are_not_kept_nor_answered() {
+        let (seen, observer) = outcomes();
+        let tenant = Header::new(HeaderName::from_static("x-tenant"));
+        let svc = FallbackLayer::new(LastKnownGood::http(tenant))
+            .observer(observer)
+            .layer(answering(|n| match n {
+                1 => Ok(Response::new(Body::from(Bytes::from_static(b"for anyone")))),
+                _ => Err(Box::new(DbDown)),
+            }));
+        let res = svc.clone().oneshot(get("/")).await.unwrap();
+        assert_eq!(text(res).await, "for anyone");
+        let err = svc.oneshot(get("/")).await.unwrap_err();
+        assert_eq!(err.downcast_ref::<DbDown>(), Some(&DbDown));
+        assert_eq!(
+            *seen.lock().unwrap(),
+            ["last_known_good_skipped", "fallback_unavailable"]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_closure_can_mark_answers() {
+        let svc = FallbackLayer::value(String::from("cached"))
+            .mark(|res: &mut String, source: &'static str| res.push_str(&format!(" [{source}]")))
+            .layer(scripted(always_down));
+        assert_eq!(svc.oneshot("a").await.unwrap(), "cached [value]");
     }
 }

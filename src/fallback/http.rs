@@ -146,3 +146,94 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::Full;
+
+    fn res(status: u16, headers: &[(&'static str, &'static str)]) -> Response<Full<Bytes>> {
+        let mut b = Response::builder().status(status);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(Full::new(Bytes::from_static(b"body"))).unwrap()
+    }
+
+    #[test]
+    fn only_responses_safe_to_replay_are_kept() {
+        assert_eq!(not_replayable(&res(200, &[])), None);
+        assert_eq!(not_replayable(&res(204, &[])), None);
+        assert_eq!(
+            not_replayable(&res(200, &[("cache-control", "public, max-age=60")])),
+            None
+        );
+        assert!(not_replayable(&res(500, &[])).is_some());
+        assert!(not_replayable(&res(301, &[])).is_some());
+        assert!(not_replayable(&res(200, &[("set-cookie", "a=b")])).is_some());
+        for cc in [
+            "no-store",
+            "max-age=5, PRIVATE",
+            "private=\"x-user\"",
+            " No-Store ",
+        ] {
+            assert!(
+                not_replayable(&res(200, &[("cache-control", cc)])).is_some(),
+                "{cc}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn snapshots_rebuild_status_version_headers_and_body() {
+        let snapshot = HttpSnapshot::new(16);
+        let original = res(203, &[("etag", "\"v1\""), ("content-type", "text/plain")]);
+        let (passed_on, stored) = match snapshot.take(original) {
+            Taken::Future(fut) => fut.await.unwrap(),
+            Taken::Ready(..) => panic!("a small body of known size is buffered"),
+        };
+        assert_eq!(passed_on.status(), 203);
+        assert_eq!(
+            passed_on.into_body().collect().await.unwrap().to_bytes(),
+            "body"
+        );
+        let replay: Response<Full<Bytes>> = snapshot.restore(&stored);
+        assert_eq!(replay.status(), 203);
+        assert_eq!(replay.version(), Version::HTTP_11);
+        assert_eq!(replay.headers()["etag"], "\"v1\"");
+        assert_eq!(replay.headers()["content-type"], "text/plain");
+        assert_eq!(
+            replay.into_body().collect().await.unwrap().to_bytes(),
+            "body"
+        );
+        assert_eq!(
+            Snapshot::<Response<Full<Bytes>>>::weight(&snapshot, &stored),
+            // body + "etag" + "\"v1\"" + "content-type" + "text/plain"
+            4 + 4 + 4 + 12 + 10
+        );
+    }
+
+    #[test]
+    fn large_bodies_are_not_taken() {
+        match HttpSnapshot::new(3).take(res(200, &[])) {
+            Taken::Ready(res, Err(reason)) => {
+                assert_eq!(res.status(), 200);
+                assert_eq!(reason, "body larger than max_body_bytes");
+            }
+            _ => panic!("a 4-byte body is over a 3-byte limit"),
+        }
+        assert!(matches!(
+            HttpSnapshot::new(4).take(res(200, &[])),
+            Taken::Future(_)
+        ));
+    }
+
+    #[test]
+    fn header_mark_names_the_source() {
+        let mut r = res(200, &[]);
+        HeaderMark::default().mark(&mut r, "last_known_good");
+        assert_eq!(r.headers()["parapet-fallback"], "last_known_good");
+        HeaderMark::new(HeaderName::from_static("x-stale")).mark(&mut r, "value");
+        assert_eq!(r.headers()["x-stale"], "value");
+    }
+}

@@ -6,6 +6,7 @@ use std::num::NonZeroU64;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use moka::ops::compute::Op;
 use tokio::time::Instant;
 
 use super::source::{Failure, Kept, Recovered, Reporter, Source};
@@ -76,7 +77,10 @@ pub struct LastKnownGoodConfig {
     /// At most this many keys are kept; the least useful are evicted first.
     #[serde(default = "default_max_entries")]
     pub max_entries: NonZeroU64,
-    /// At most this many bytes of stored bodies in all (HTTP snapshots), if set.
+    /// At most this many bytes of stored copies in all, if set, as measured by
+    /// [`Snapshot::weight`] (HTTP snapshots: body and headers). `max_entries` still holds:
+    /// each copy counts as at least `max_bytes / max_entries` bytes. Copies of `Clone`
+    /// responses have no known size, so for them only `max_entries` matters.
     #[serde(default)]
     pub max_bytes: Option<NonZeroU64>,
     /// Larger HTTP bodies, or bodies of unknown size, are not kept.
@@ -226,7 +230,8 @@ impl<K, P> LastKnownGood<K, P> {
         self
     }
 
-    /// Keep at most `bytes` of stored copies in all (by [`Snapshot::weight`]).
+    /// Keep at most `bytes` of stored copies in all (by [`Snapshot::weight`]), besides at
+    /// most `max_entries` keys; see [`LastKnownGoodConfig::max_bytes`].
     #[must_use]
     pub fn max_bytes(mut self, bytes: u64) -> Self {
         self.config.max_bytes = NonZeroU64::new(bytes.max(1));
@@ -250,6 +255,27 @@ impl<K, P> LastKnownGood<K, P> {
 
 type Cache<Key, T> = moka::sync::Cache<Key, Arc<Entry<T>>>;
 
+/// Whether a copy stored at `stored_at` may still be served at `now`: strictly younger
+/// than `ttl`.
+fn is_fresh(stored_at: Instant, now: Instant, ttl: Duration) -> bool {
+    now.saturating_duration_since(stored_at) < ttl
+}
+
+/// The least weight of one entry when the store is bounded by bytes, so that no more than
+/// `max_entries` entries fit in `max_bytes` (saturating at moka's `u32` weights).
+fn weight_floor(max_bytes: NonZeroU64, max_entries: NonZeroU64) -> u32 {
+    u32::try_from(max_bytes.get().div_ceil(max_entries.get())).unwrap_or(u32::MAX)
+}
+
+/// The reason reported when a request has no key.
+fn no_key_reason(err: &KeyError) -> &'static str {
+    match err {
+        KeyError::Missing => "request has no key",
+        KeyError::TooLong { .. } => "request key is too long",
+        KeyError::Malformed(_) => "request key is malformed",
+    }
+}
+
 /// The typed cache, erased until first use, when key and stored types are known.
 struct Erased {
     cache: Box<dyn Any + Send + Sync>,
@@ -269,9 +295,14 @@ impl<K, P> LastKnownGood<K, P> {
                 .time_to_live(self.config.ttl.max(Duration::from_millis(1)));
             builder = match self.config.max_bytes {
                 Some(bytes) => {
+                    // moka bounds one total weight: every entry weighs at least
+                    // `max_bytes / max_entries`, so both bounds hold.
+                    let floor = weight_floor(bytes, self.config.max_entries);
                     let snapshot = self.snapshot.clone();
                     builder
-                        .weigher(move |_, e: &Arc<Entry<P::Stored>>| snapshot.weight(&e.value))
+                        .weigher(move |_, e: &Arc<Entry<P::Stored>>| {
+                            snapshot.weight(&e.value).max(floor)
+                        })
                         .max_capacity(bytes.get())
                 }
                 None => builder.max_capacity(self.config.max_entries.get()),
@@ -334,15 +365,19 @@ where
             return Recovered::Ready(Err(failure));
         };
         match cache.get(key) {
-            Some(entry)
-                if self.clock.now().saturating_duration_since(entry.stored_at)
-                    < self.config.ttl =>
-            {
+            Some(entry) if is_fresh(entry.stored_at, self.clock.now(), self.config.ttl) => {
                 Recovered::Ready(Ok(self.snapshot.restore(&entry.value)))
             }
             Some(_) => {
-                // Too old to serve: forget it now rather than at moka's own pace.
-                cache.invalidate(key);
+                // Too old to serve: forget it now rather than at moka's own pace, unless a
+                // fresh copy has replaced it meanwhile.
+                let (now, ttl) = (self.clock.now(), self.config.ttl);
+                cache
+                    .entry_by_ref(key)
+                    .and_compute_with(|current| match current {
+                        Some(e) if !is_fresh(e.value().stored_at, now, ttl) => Op::Remove,
+                        _ => Op::Nop,
+                    });
                 Recovered::Ready(Err(failure))
             }
             None => Recovered::Ready(Err(failure)),
@@ -352,7 +387,13 @@ where
     fn on_success(&self, cx: Self::Context, res: Res, reporter: &Reporter) -> Kept<Res> {
         let key = match cx.0 {
             Ok(key) => key,
-            Err(_) => return Kept::Ready(res),
+            Err(err) => {
+                reporter.emit(&Event::LastKnownGoodSkipped {
+                    name: reporter.name(),
+                    reason: no_key_reason(&err),
+                });
+                return Kept::Ready(res);
+            }
         };
         let this = self.clone();
         match self.snapshot.take(res) {
@@ -380,5 +421,188 @@ where
 
     fn key<'a>(&self, cx: &'a Self::Context) -> Option<&'a dyn fmt::Debug> {
         cx.0.as_ref().ok().map(|k| k as &dyn fmt::Debug)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observe::SharedObserver;
+    use std::sync::Mutex;
+
+    fn recording() -> (Reporter, Arc<Mutex<Vec<&'static str>>>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        let observer = move |e: &Event<'_>| sink.lock().unwrap().push(e.outcome());
+        (
+            Reporter::new("test".into(), SharedObserver::new(observer)),
+            seen,
+        )
+    }
+
+    fn recovered<Res>(r: Recovered<Res>) -> Option<Res> {
+        match r {
+            Recovered::Ready(Ok(res)) => Some(res),
+            Recovered::Ready(Err(_)) => None,
+            Recovered::Future(_) => panic!("last known good answers at once"),
+        }
+    }
+
+    fn kept<Res>(k: Kept<Res>) -> Res {
+        match k {
+            Kept::Ready(res) => res,
+            Kept::Future(_) => panic!("clone snapshots are taken at once"),
+        }
+    }
+
+    #[test]
+    fn freshness_is_strictly_younger_than_the_ttl() {
+        let t0 = Instant::now();
+        let ttl = Duration::from_secs(10);
+        assert!(is_fresh(t0, t0, ttl));
+        assert!(is_fresh(t0, t0 + Duration::from_millis(9_999), ttl));
+        assert!(!is_fresh(t0, t0 + ttl, ttl));
+        assert!(!is_fresh(t0, t0 + Duration::from_secs(3600), ttl));
+        // A clock behind the stored time (it cannot go back, but saturate anyway).
+        assert!(is_fresh(t0 + ttl, t0, ttl));
+        assert!(!is_fresh(t0, t0, Duration::ZERO));
+    }
+
+    #[test]
+    fn the_weight_floor_keeps_both_bounds() {
+        let nz = |n| NonZeroU64::new(n).unwrap();
+        assert_eq!(weight_floor(nz(1_000), nz(10)), 100);
+        assert_eq!(weight_floor(nz(1_001), nz(10)), 101, "rounded up");
+        assert_eq!(weight_floor(nz(5), nz(10)), 1);
+        assert_eq!(weight_floor(nz(u64::MAX), nz(1)), u32::MAX, "saturates");
+    }
+
+    #[test]
+    fn config_defaults_validation_and_setters() {
+        let c = LastKnownGoodConfig::new(Duration::from_secs(60));
+        assert_eq!(c.max_entries.get(), 10_000);
+        assert_eq!(c.max_bytes, None);
+        assert_eq!(c.max_body_bytes, 1024 * 1024);
+        assert!(c.validate().is_ok());
+        assert!(c.build(Global).is_ok());
+        let err = LastKnownGoodConfig::new(Duration::ZERO)
+            .build(Global)
+            .unwrap_err();
+        assert_eq!(err.field(), "ttl");
+
+        let lkg = LastKnownGood::new(Global).max_entries(0).max_bytes(0);
+        assert_eq!(lkg.config.max_entries.get(), 1, "clamped to one");
+        assert_eq!(lkg.config.max_bytes.map(NonZeroU64::get), Some(1));
+
+        let json = serde_json::to_string(&c).unwrap();
+        let back: LastKnownGoodConfig = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, c);
+        assert!(
+            serde_json::from_str::<LastKnownGoodConfig>(r#"{"ttl":"1m","typo":1}"#).is_err(),
+            "unknown fields are refused"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stores_replays_expires_and_clears() {
+        let (reporter, seen) = recording();
+        let lkg = LastKnownGood::new(Global).ttl(Duration::from_secs(30));
+        let cx = || Source::<(), String>::prepare(&lkg, &(), &reporter);
+        let store = |res: &str| {
+            kept(Source::<(), String>::on_success(
+                &lkg,
+                cx(),
+                res.to_owned(),
+                &reporter,
+            ))
+        };
+        let lookup = || {
+            recovered(Source::<(), String>::recover(
+                &lkg,
+                &cx(),
+                Failure::Error("down".into()),
+                &reporter,
+            ))
+        };
+        assert_eq!(lookup(), None);
+
+        assert_eq!(store("good"), "good");
+        assert_eq!(lookup().as_deref(), Some("good"));
+
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert_eq!(lookup(), None, "expired");
+        let cache = lkg.typed::<String, ()>().unwrap();
+        assert!(
+            !cache.contains_key(&()),
+            "an expired copy is dropped when read"
+        );
+
+        store("again");
+        assert_eq!(lookup().as_deref(), Some("again"));
+        lkg.clear();
+        assert_eq!(lookup(), None, "cleared");
+        assert_eq!(
+            *seen.lock().unwrap(),
+            ["last_known_good_stored", "last_known_good_stored"]
+        );
+    }
+
+    #[test]
+    fn the_store_is_bounded_by_entries_and_by_bytes() {
+        let reporter = Reporter::new("test".into(), SharedObserver::new(()));
+        let by_number = crate::key::from_fn(|req: &u32| Ok::<_, KeyError>(*req));
+        for lkg in [
+            LastKnownGood::new(by_number).max_entries(3),
+            // Copies weigh at least 1000 / 3 bytes each: still 3 at most.
+            LastKnownGood::new(by_number).max_entries(3).max_bytes(1000),
+        ] {
+            for n in 0..100u32 {
+                let cx = Source::<u32, String>::prepare(&lkg, &n, &reporter);
+                kept(lkg.on_success(cx, n.to_string(), &reporter));
+            }
+            let cache = lkg.typed::<String, u32>().unwrap();
+            cache.run_pending_tasks();
+            assert!(cache.entry_count() <= 3, "{} entries", cache.entry_count());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_without_a_key_is_neither_stored_nor_looked_up() {
+        let (reporter, seen) = recording();
+        let key = crate::key::from_fn(|req: &Option<u8>| req.ok_or(KeyError::Missing));
+        let lkg = LastKnownGood::new(key);
+        let cx = |req: Option<u8>| Source::<Option<u8>, String>::prepare(&lkg, &req, &reporter);
+        let store = |req: Option<u8>, res: &str| {
+            kept(Source::<Option<u8>, String>::on_success(
+                &lkg,
+                cx(req),
+                res.to_owned(),
+                &reporter,
+            ))
+        };
+        let lookup = |req: Option<u8>| {
+            recovered(Source::<Option<u8>, String>::recover(
+                &lkg,
+                &cx(req),
+                Failure::Error("down".into()),
+                &reporter,
+            ))
+        };
+        store(None, "good");
+        assert_eq!(*seen.lock().unwrap(), ["last_known_good_skipped"]);
+        assert_eq!(lookup(None), None);
+        assert!(Source::<Option<u8>, String>::key(&lkg, &cx(None)).is_none());
+
+        store(Some(1), "one");
+        assert_eq!(lookup(Some(1)).as_deref(), Some("one"));
+        assert_eq!(lookup(Some(2)), None, "another key");
+        assert_eq!(
+            no_key_reason(&KeyError::TooLong { len: 2, max: 1 }),
+            "request key is too long"
+        );
+        assert_eq!(
+            no_key_reason(&KeyError::Malformed("x")),
+            "request key is malformed"
+        );
     }
 }

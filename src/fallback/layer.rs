@@ -9,7 +9,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::future::ResponseFuture;
-use super::source::{Mark, Reporter, Source};
+use super::source::{Mark, Reporter, Source, Value};
 use crate::classify::{Classifier, ErrorsAsFailures};
 use crate::error::BoxError;
 use crate::observe::{Observer, SharedObserver};
@@ -44,6 +44,14 @@ impl<Src> FallbackLayer<Src> {
             name: "fallback".into(),
             observer: SharedObserver::default(),
         }
+    }
+}
+
+impl<Res: Clone + Send + Sync + 'static> FallbackLayer<Value<Res>> {
+    /// Answer every error with a clone of `res`: shorthand for
+    /// `FallbackLayer::new(fallback::value(res))`.
+    pub fn value(res: Res) -> FallbackLayer<Value<Res>> {
+        FallbackLayer::new(super::value(res))
     }
 }
 
@@ -186,3 +194,33 @@ where
 }
 
 pub(super) type Marker<Req> = PhantomData<fn(Req)>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fallback::{LastKnownGood, value};
+
+    fn assert_send_sync_clone<T: Send + Sync + Clone>() {}
+
+    #[test]
+    fn layers_and_services_are_send_sync_clone() {
+        assert_send_sync_clone::<FallbackLayer<super::super::Value<String>>>();
+        assert_send_sync_clone::<FallbackLayer<LastKnownGood>>();
+        assert_send_sync_clone::<
+            Fallback<tower::util::BoxCloneSyncService<u8, String, BoxError>, LastKnownGood>,
+        >();
+    }
+
+    #[test]
+    fn clones_share_state_and_accessors_reach_the_inner_service() {
+        let layer = FallbackLayer::value(1u8).name("answers");
+        let a = layer.layer(());
+        let b = a.clone();
+        assert!(Arc::ptr_eq(&a.shared, &b.shared), "clones share state");
+        assert_eq!(a.shared.reporter.name(), "answers");
+        assert_eq!(*a.get_ref(), ());
+        let _: () = b.into_inner();
+        let layer = FallbackLayer::new(value(1u8));
+        assert_eq!(format!("{:?}", layer.source()), "Value(1)");
+    }
+}

@@ -31,7 +31,7 @@
 //! HTTP 5xx responses. What is not a failure passes through untouched.
 //!
 //! # Sources
-//! - [`value`]: a fixed answer (cloned);
+//! - [`value`] (or [`FallbackLayer::value`]): a fixed answer (cloned);
 //! - [`from_fn`]: a function of the [`Failure`] (it can look at the rejection kind);
 //! - [`from_async_fn`]: the same, asynchronous (e.g. a secondary store);
 //! - [`LastKnownGood`]: the latest successful answer for the request's key;
@@ -41,7 +41,10 @@
 //! [`LastKnownGood`] keeps a copy of each successful response per key (a
 //! [`KeyExtractor`](crate::key::KeyExtractor): [`Global`](crate::key::Global) by default,
 //! [`Target`](crate::key::Target) for HTTP method + path + query) in a bounded `moka`
-//! cache: at most `max_entries` keys, or `max_bytes` of copies, least useful evicted first.
+//! cache: at most `max_entries` keys and, if set, `max_bytes` of copies, least useful
+//! evicted first (moka's own TTL also drops old copies, as a memory backstop). A request
+//! whose key cannot be read is neither kept nor answered from a copy
+//! ([`Event::LastKnownGoodSkipped`], then [`Event::FallbackUnavailable`]).
 //! A copy is served only while it is younger than its TTL, measured on the layer's
 //! [`Clock`](crate::clock::Clock) (tokio's, so `pause`/`advance` drive it in tests); an
 //! older one is dropped and the failure shows through. This is stale-if-error: a failure
@@ -60,9 +63,13 @@
 //!
 //! # Errors
 //! `Error = BoxError`. When the source has nothing, the original failure (error or
-//! response) is returned unchanged; when a function source returns an error, that error
-//! is returned; a body error while buffering a response for [`HttpSnapshot`] is returned
-//! in place of the response.
+//! response) is returned unchanged, so a [`Rejection`](crate::Rejection) or the inner
+//! service's own error still downcasts to its type. A function source owns the failure it
+//! is given: the error it returns is what the caller gets (give the original back,
+//! `Failure::Error(e) => Err(e)`, to decline). Both are reported as
+//! [`Event::FallbackUnavailable`]. A body error while buffering a response for
+//! [`HttpSnapshot`] is returned in place of the response (the body could not be read; a
+//! response is never half-delivered), and nothing is kept.
 //!
 //! # Shared state
 //! A [`LastKnownGood`] store is shared by every clone of the source, so by every service
@@ -76,7 +83,8 @@
 //!
 //! # Panics
 //! The layer does not catch panics: a panic in the inner future or in your fallback
-//! function propagates. Dropping the response future drops the inner future or the
+//! function propagates (put a catch-panic layer, such as tower-http's `CatchPanicLayer`,
+//! inside the fallback if a panic should become a 500 it can answer). Dropping the response future drops the inner future or the
 //! fallback being computed; nothing is left behind (a half-buffered body is not stored).
 //!
 //! # Differences from tower-resilience and Polly fallbacks

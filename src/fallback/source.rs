@@ -28,6 +28,22 @@ impl<Res> Failure<Res> {
         }
     }
 
+    /// The error, if the call failed with one.
+    pub fn error(&self) -> Option<&BoxError> {
+        match self {
+            Failure::Error(e) => Some(e),
+            Failure::Response(_) => None,
+        }
+    }
+
+    /// The response, if the classifier called a response a failure.
+    pub fn response(&self) -> Option<&Res> {
+        match self {
+            Failure::Error(_) => None,
+            Failure::Response(r) => Some(r),
+        }
+    }
+
     /// What kind of failure it is, as reported in events.
     pub fn trigger(&self) -> Trigger {
         match self {
@@ -173,8 +189,12 @@ where
 #[derive(Clone)]
 pub struct FromFn<F>(F);
 
-/// Answer a failure with `f(failure)`. When `f` returns an error, that error goes to the
-/// caller (`f` owns the failure, so it can give it back: `Err(failure.into_result()...)`).
+/// Answer a failure with `f(failure)`.
+///
+/// When `f` returns an error, that error goes to the caller in place of the failure and
+/// [`Event::FallbackUnavailable`] is reported. `f` owns the failure, so to decline it can
+/// give the original error back unchanged (`Failure::Error(e) => Err(e)`). A panic in `f`
+/// propagates to the caller; the layer does not catch it.
 ///
 /// ```
 /// use tower_parapet::fallback::{self, Failure};
@@ -221,8 +241,22 @@ where
 #[derive(Clone)]
 pub struct FromAsyncFn<F>(F);
 
-/// Answer a failure with `f(failure).await` (e.g. read a secondary store). When it returns
-/// an error, that error goes to the caller.
+/// Answer a failure with `f(failure).await` (e.g. read a secondary store).
+///
+/// As with [`from_fn`], an error of the future goes to the caller in place of the failure
+/// ([`Event::FallbackUnavailable`]), and a panic in `f` or its future propagates. The
+/// future is boxed: only calls that fail pay for it.
+///
+/// ```
+/// use tower_parapet::fallback::{self, Failure};
+/// use tower_parapet::BoxError;
+///
+/// let source = fallback::from_async_fn(|_failure: Failure<String>| async {
+///     // e.g. read a replica
+///     Ok::<_, BoxError>("from the replica".to_owned())
+/// });
+/// # let _ = source;
+/// ```
 pub fn from_async_fn<F>(f: F) -> FromAsyncFn<F> {
     FromAsyncFn(f)
 }
@@ -270,5 +304,88 @@ where
 {
     fn mark(&self, res: &mut Res, source: &'static str) {
         self(res, source)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::RejectionKind;
+    use std::time::Duration;
+
+    fn reporter() -> Reporter {
+        Reporter::new("test".into(), SharedObserver::new(()))
+    }
+
+    #[test]
+    fn failure_reports_its_trigger_and_rejection() {
+        let timeout: Failure<u8> =
+            Failure::Error(Rejection::timeout(Duration::from_secs(1)).boxed());
+        assert_eq!(
+            timeout.rejection().map(Rejection::kind),
+            Some(RejectionKind::Timeout)
+        );
+        assert_eq!(
+            timeout.trigger(),
+            Trigger::Rejection(RejectionKind::Timeout)
+        );
+        assert!(timeout.error().is_some() && timeout.response().is_none());
+
+        let io: Failure<u8> = Failure::Error("io".into());
+        assert!(io.rejection().is_none());
+        assert_eq!(io.trigger(), Trigger::Error);
+        assert_eq!(io.into_result().unwrap_err().to_string(), "io");
+
+        let res = Failure::Response(5u8);
+        assert!(res.rejection().is_none());
+        assert_eq!(res.trigger(), Trigger::Response);
+        assert_eq!(res.response(), Some(&5));
+        assert_eq!(res.into_result().unwrap(), 5);
+    }
+
+    #[test]
+    fn value_answers_with_a_clone() {
+        let v = value(7u8);
+        assert_eq!(Source::<(), u8>::name(&v), "value");
+        match Source::<(), u8>::recover(&v, &(), Failure::Error("x".into()), &reporter()) {
+            Recovered::Ready(Ok(7)) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_function_can_answer_or_give_the_error_back() {
+        let f = from_fn(|failure: Failure<u8>| match failure {
+            Failure::Response(n) => Ok(n + 1),
+            Failure::Error(e) => Err(e),
+        });
+        match Source::<(), u8>::recover(&f, &(), Failure::Response(1), &reporter()) {
+            Recovered::Ready(Ok(2)) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+        match Source::<(), u8>::recover(&f, &(), Failure::Error("boom".into()), &reporter()) {
+            Recovered::Ready(Err(Failure::Error(e))) => assert_eq!(e.to_string(), "boom"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_async_function_is_deferred() {
+        let f = from_async_fn(|_: Failure<u8>| async { Ok::<_, BoxError>(9u8) });
+        assert_eq!(Source::<(), u8>::name(&f), "async_function");
+        match Source::<(), u8>::recover(&f, &(), Failure::Response(0), &reporter()) {
+            Recovered::Future(fut) => assert_eq!(fut.await.unwrap(), 9),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn marks_unit_is_a_no_op_and_closures_mark() {
+        let mut res = String::from("answer");
+        Mark::mark(&(), &mut res, "value");
+        assert_eq!(res, "answer");
+        let tag = |r: &mut String, source: &'static str| r.push_str(&format!(" ({source})"));
+        Mark::mark(&tag, &mut res, "value");
+        assert_eq!(res, "answer (value)");
     }
 }
