@@ -11,9 +11,10 @@
 //! |---|---|---|
 //! | timeout | what if the dependency hangs? (and honouring the caller's deadline) | [`timeout`] |
 //! | fallback | what do we answer when it fails? (value, function, last known good) | [`fallback`] |
+//! | circuit breaker | how do we stop hammering a dead dependency? | [`circuit_breaker`] |
 //! | edge adapter | how does a refusal reach the client? | [`http`] (feature `http`) |
 //!
-//! Circuit breaking, rate limiting, idempotency, feature flags, retries, bulkheads and
+//! Rate limiting, idempotency, feature flags, retries, bulkheads and
 //! caching build on the same shared core and arrive as their own modules.
 //!
 //! # The shared core
@@ -81,6 +82,7 @@
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod circuit_breaker;
 pub mod classify;
 pub mod clock;
 pub mod config;
@@ -96,6 +98,7 @@ pub mod observe;
 mod parse;
 pub mod timeout;
 
+pub use circuit_breaker::CircuitBreakerLayer;
 pub use error::{BoxError, ConfigError, RateLimitInfo, Rejection, RejectionKind, RejectionKinds};
 pub use fallback::FallbackLayer;
 #[cfg(feature = "http")]

@@ -6,7 +6,7 @@
 //!
 //! | field | meaning |
 //! |---|---|
-//! | `layer` | `"timeout"`, `"fallback"`, `"http"`, ... ([`Event::layer`]) |
+//! | `layer` | `"timeout"`, `"fallback"`, `"circuit_breaker"`, `"http"`, ... ([`Event::layer`]) |
 //! | `name` | the layer instance's configured name ([`Event::name`]) |
 //! | `outcome` | what was decided, e.g. `"timed_out"` ([`Event::outcome`]) |
 //! | `key` | the request's key, where the layer has one |
@@ -110,6 +110,47 @@ pub enum Event<'a> {
         /// Why.
         reason: &'static str,
     },
+    /// A circuit breaker changed state.
+    CircuitStateChanged {
+        /// The breaker's name.
+        name: &'a str,
+        /// The breaker's key, for keyed breakers.
+        key: Option<&'a dyn fmt::Debug>,
+        /// The state it left.
+        from: crate::circuit_breaker::State,
+        /// The state it entered.
+        to: crate::circuit_breaker::State,
+        /// For a trip: the failure rate (percent) that caused it.
+        failure_rate: Option<f32>,
+        /// For a trip: the slow-call rate (percent) at the time.
+        slow_call_rate: Option<f32>,
+        /// On opening: how long until probes go through.
+        retry_after: Option<Duration>,
+    },
+    /// A circuit breaker refused a call (or, in shadow mode, would have).
+    CircuitRejected {
+        /// The breaker's name.
+        name: &'a str,
+        /// The breaker's key, for keyed breakers.
+        key: Option<&'a dyn fmt::Debug>,
+        /// The state that refused it: open, half-open (no probe slot free) or forced open.
+        state: crate::circuit_breaker::State,
+        /// The retry hint given to the client.
+        retry_after: Option<Duration>,
+        /// Whether the call went through anyway (shadow mode).
+        shadow: bool,
+    },
+    /// A metrics-only circuit breaker crossed a threshold that would have tripped it.
+    CircuitThresholdExceeded {
+        /// The breaker's name.
+        name: &'a str,
+        /// The breaker's key, for keyed breakers.
+        key: Option<&'a dyn fmt::Debug>,
+        /// The failure rate (percent).
+        failure_rate: Option<f32>,
+        /// The slow-call rate (percent).
+        slow_call_rate: Option<f32>,
+    },
     /// The edge adapter turned an error of the inner service (not a rejection) into an
     /// internal-error answer. The error text is logged here and never sent to the client.
     InternalError {
@@ -161,6 +202,9 @@ impl Event<'_> {
             | Event::LastKnownGoodStored { .. }
             | Event::LastKnownGoodSkipped { .. } => "fallback",
             Event::InternalError { .. } => "http",
+            Event::CircuitStateChanged { .. }
+            | Event::CircuitRejected { .. }
+            | Event::CircuitThresholdExceeded { .. } => "circuit_breaker",
         }
     }
 
@@ -174,7 +218,10 @@ impl Event<'_> {
             | Event::FallbackUnavailable { name, .. }
             | Event::LastKnownGoodStored { name, .. }
             | Event::LastKnownGoodSkipped { name, .. }
-            | Event::InternalError { name, .. } => name,
+            | Event::InternalError { name, .. }
+            | Event::CircuitStateChanged { name, .. }
+            | Event::CircuitRejected { name, .. }
+            | Event::CircuitThresholdExceeded { name, .. } => name,
         }
     }
 
@@ -190,6 +237,17 @@ impl Event<'_> {
             Event::LastKnownGoodStored { .. } => "last_known_good_stored",
             Event::LastKnownGoodSkipped { .. } => "last_known_good_skipped",
             Event::InternalError { .. } => "internal_error",
+            Event::CircuitStateChanged { to, .. } => match to {
+                crate::circuit_breaker::State::Closed => "closed",
+                crate::circuit_breaker::State::Open => "opened",
+                crate::circuit_breaker::State::HalfOpen => "half_opened",
+                crate::circuit_breaker::State::Disabled => "disabled",
+                crate::circuit_breaker::State::ForcedOpen => "forced_open",
+                crate::circuit_breaker::State::MetricsOnly => "metrics_only",
+            },
+            Event::CircuitRejected { shadow: false, .. } => "rejected",
+            Event::CircuitRejected { shadow: true, .. } => "would_have_rejected",
+            Event::CircuitThresholdExceeded { .. } => "threshold_exceeded",
         }
     }
 
@@ -206,6 +264,11 @@ impl Event<'_> {
             }
             Event::LastKnownGoodStored { .. } => tracing::Level::TRACE,
             Event::InternalError { .. } => tracing::Level::ERROR,
+            Event::CircuitStateChanged { .. } | Event::CircuitThresholdExceeded { .. } => {
+                tracing::Level::WARN
+            }
+            Event::CircuitRejected { shadow: true, .. } => tracing::Level::INFO,
+            Event::CircuitRejected { shadow: false, .. } => tracing::Level::DEBUG,
         }
     }
 }
@@ -348,6 +411,54 @@ impl Observer for TracingObserver {
                 event,
                 error = %Chain(error),
                 "inner service failed; answered with an internal error"
+            ),
+            Event::CircuitStateChanged {
+                key,
+                from,
+                to,
+                failure_rate,
+                slow_call_rate,
+                retry_after,
+                ..
+            } => emit!(
+                level,
+                event,
+                key = key.map(tracing::field::debug),
+                state = to.as_str(),
+                from = from.as_str(),
+                failure_rate,
+                slow_call_rate,
+                retry_after_ms = retry_after.map(millis),
+                "circuit breaker state changed"
+            ),
+            Event::CircuitRejected {
+                key,
+                state,
+                retry_after,
+                shadow,
+                ..
+            } => emit!(
+                level,
+                event,
+                key = key.map(tracing::field::debug),
+                state = if shadow { "shadow" } else { state.as_str() },
+                breaker_state = state.as_str(),
+                retry_after_ms = retry_after.map(millis),
+                "circuit breaker refused a call"
+            ),
+            Event::CircuitThresholdExceeded {
+                key,
+                failure_rate,
+                slow_call_rate,
+                ..
+            } => emit!(
+                level,
+                event,
+                key = key.map(tracing::field::debug),
+                state = "metrics_only",
+                failure_rate,
+                slow_call_rate,
+                "circuit breaker threshold exceeded (metrics only: not tripped)"
             ),
         }
     }
