@@ -146,3 +146,82 @@ async fn healthy_routes_are_untouched() {
     assert!(res.headers().get("parapet-fallback").is_none());
     assert_eq!(body(res).await, "fine");
 }
+
+/// Breaker inside the edge adapter, timeout inside the breaker: 5xx answers trip it, then
+/// the client gets 503 + `Retry-After` + problem+json without the handler being called,
+/// and after the wait a successful probe closes it again.
+#[tokio::test(start_paused = true)]
+async fn an_open_breaker_answers_503_with_retry_after() {
+    use tower_parapet::circuit_breaker::{CircuitBreakerLayer, SlidingWindow, State};
+
+    let healthy = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let calls = Arc::new(AtomicU32::new(0));
+    let breaker = CircuitBreakerLayer::builder()
+        .name("orders-db")
+        .sliding_window(SlidingWindow::count(10))
+        .minimum_calls(5)
+        .wait_in_open(Duration::from_secs(30))
+        .permitted_calls_in_half_open(1)
+        .classifier(ServerErrorsAsFailures)
+        .build()
+        .unwrap();
+    let handle = breaker.handle();
+    let (h, c) = (healthy.clone(), calls.clone());
+    let app = Router::new()
+        .route(
+            "/orders",
+            get(move || {
+                c.fetch_add(1, Ordering::SeqCst);
+                let up = h.load(Ordering::SeqCst);
+                async move {
+                    if up {
+                        (StatusCode::OK, "orders")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "db down")
+                    }
+                }
+            }),
+        )
+        .route("/missing", get(|| async { StatusCode::NOT_FOUND }))
+        .layer(
+            ServiceBuilder::new()
+                .layer(RejectionResponseLayer::new())
+                .layer(breaker)
+                .layer(TimeoutLayer::new(Duration::from_secs(2))),
+        );
+
+    // 4xx answers are successes of the server.
+    for _ in 0..20 {
+        let res = app.clone().oneshot(get_req("/missing")).await.unwrap();
+        assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    }
+    assert_eq!(handle.state(), State::Closed);
+    for _ in 0..5 {
+        let res = app.clone().oneshot(get_req("/orders")).await.unwrap();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+    assert_eq!(handle.state(), State::Open);
+    let before = calls.load(Ordering::SeqCst);
+
+    tokio::time::advance(Duration::from_millis(10_500)).await;
+    let res = app.clone().oneshot(get_req("/orders")).await.unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        res.headers()["retry-after"],
+        "20",
+        "19.5 s left, rounded up"
+    );
+    assert_eq!(res.headers()["content-type"], "application/problem+json");
+    assert!(body(res).await.contains("orders-db"));
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        before,
+        "the handler was not called"
+    );
+
+    healthy.store(true, Ordering::SeqCst);
+    tokio::time::advance(Duration::from_secs(20)).await;
+    let res = app.clone().oneshot(get_req("/orders")).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(handle.state(), State::Closed);
+}
