@@ -493,7 +493,7 @@ async fn a_probe_panicking_in_call_counts_as_a_failure() {
     tokio::time::advance(Duration::from_secs(10)).await;
     let mut svc = r.svc.clone();
     let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let _ = svc.call(Do::PanicInCall);
+        drop(svc.call(Do::PanicInCall));
     }));
     assert!(caught.is_err());
     assert_eq!(h.state(), State::Open);
