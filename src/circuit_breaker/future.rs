@@ -34,6 +34,7 @@ impl Guard {
         }
     }
 
+    #[inline]
     fn finish(&mut self, ending: Ending) {
         if !self.done {
             self.done = true;
@@ -43,7 +44,11 @@ impl Guard {
 }
 
 impl Drop for Guard {
+    #[inline]
     fn drop(&mut self) {
+        if self.done {
+            return;
+        }
         let ending = if self.polling || std::thread::panicking() {
             Ending::Failure
         } else {
