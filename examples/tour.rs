@@ -20,6 +20,7 @@ use http_body_util::{BodyExt, Full};
 use tokio::time::Instant;
 use tower::util::BoxCloneService;
 use tower::{BoxError, Service, ServiceBuilder, ServiceExt, service_fn};
+use tower_parapet::circuit_breaker::{CircuitBreakerLayer, SlidingWindow};
 use tower_parapet::classify::ServerErrorsAsFailures;
 use tower_parapet::fallback::{self, FallbackLayer, HeaderMark, LastKnownGood};
 use tower_parapet::http::RejectionResponseLayer;
@@ -55,6 +56,26 @@ impl Journal {
                     format!(": {source} had nothing (on {trigger})")
                 }
                 Event::InternalError { error, .. } => format!(" \"{error}\" (logged, not sent)"),
+                Event::CircuitStateChanged {
+                    from,
+                    failure_rate,
+                    retry_after,
+                    ..
+                } => {
+                    let rate = failure_rate
+                        .map(|r| format!(", failure rate {r:.0}%"))
+                        .unwrap_or_default();
+                    let wait = retry_after
+                        .map(|w| format!(", probes in {}", ms(w)))
+                        .unwrap_or_default();
+                    format!(" (from {from}{rate}{wait})")
+                }
+                Event::CircuitRejected {
+                    state, retry_after, ..
+                } => match retry_after {
+                    Some(after) => format!(" ({state}, {} left)", ms(after)),
+                    None => format!(" ({state})"),
+                },
                 _ => String::new(),
             };
             log.lock()
@@ -417,6 +438,83 @@ async fn inner_error(journal: &Journal) {
     );
 }
 
+async fn circuit_breaker(journal: &Journal) {
+    // Inventory answers in 30 ms while up; while down, every call hangs.
+    let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let state = up.clone();
+    let dep = dependency(move |n, _| {
+        let up = state.load(Ordering::SeqCst);
+        async move {
+            if !up {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            Ok(ok(format!("stock #{n}")))
+        }
+    });
+    let breaker = CircuitBreakerLayer::builder()
+        .name("inventory")
+        .sliding_window(SlidingWindow::count(20))
+        .minimum_calls(5)
+        .failure_rate_threshold(50)
+        .wait_in_open(Duration::from_secs(10))
+        .permitted_calls_in_half_open(2)
+        .classifier(ServerErrorsAsFailures)
+        .observer(journal.observer())
+        .build()
+        .expect("a valid breaker");
+    let mut svc: Stack = BoxCloneService::new(
+        ServiceBuilder::new()
+            .layer(RejectionResponseLayer::new().observer(journal.observer()))
+            .layer(breaker)
+            .layer(TimeoutLayer::new(Duration::from_secs(1)).observer(journal.observer()))
+            .service(dep),
+    );
+    let mut t = Table::new();
+    for _ in 0..3 {
+        t.send(&mut svc, journal, "GET /stock", get("/stock")).await;
+    }
+    up.store(false, Ordering::SeqCst);
+    for _ in 0..3 {
+        t.send(
+            &mut svc,
+            journal,
+            "GET /stock (inventory down)",
+            get("/stock"),
+        )
+        .await;
+    }
+    for _ in 0..2 {
+        t.send(
+            &mut svc,
+            journal,
+            "GET /stock (inventory down)",
+            get("/stock"),
+        )
+        .await;
+        tokio::time::advance(Duration::from_secs(2)).await;
+    }
+    up.store(true, Ordering::SeqCst);
+    tokio::time::advance(Duration::from_secs(6)).await;
+    for _ in 0..4 {
+        t.send(
+            &mut svc,
+            journal,
+            "GET /stock (inventory back)",
+            get("/stock"),
+        )
+        .await;
+    }
+    t.print(
+        "7. A dependency dies: the circuit breaker stops the hammering",
+        "Each hanging call costs a client a full second until half the recent calls have \
+         failed; then the breaker opens and answers 503 at once, with Retry-After saying when \
+         to come back, without touching the dead dependency. After the 10 s wait two probe \
+         calls go through (half-open); they succeed, so the breaker closes and traffic flows \
+         again.",
+    );
+}
+
 fn main() {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -433,6 +531,7 @@ fn main() {
         static_value(&journal).await;
         shadow(&journal).await;
         inner_error(&journal).await;
+        circuit_breaker(&journal).await;
         println!(
             "\nHere a journal observer collected the decisions for the tables. By default each one \
              is a `tracing` event with the fields layer, name, outcome (and key, state, \

@@ -44,7 +44,7 @@
 //! 3. rate limit, feature gate, idempotency (refuse cheaply, before any work),
 //! 4. [`fallback::FallbackLayer`] — outside the breaker and the timeout, so it answers for
 //!    an open circuit and a timeout alike,
-//! 5. retry, then circuit breaker,
+//! 5. retry, then [`circuit_breaker::CircuitBreakerLayer`] (one breaker per dependency),
 //! 6. [`timeout::TimeoutLayer`] — inside the breaker, so the breaker counts a timeout as a
 //!    failure (a future dropped from outside counts as cancelled, not failed),
 //! 7. the service.

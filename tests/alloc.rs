@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 use tower::{Layer, Service};
+use tower_parapet::circuit_breaker::{CircuitBreakerLayer, SlidingWindow};
 use tower_parapet::{FallbackLayer, TimeoutLayer};
 
 struct Counting;
@@ -99,6 +100,61 @@ fn fallback_success_path_allocates_nothing() {
         }
     });
     assert_eq!(n, 0, "allocations in 1000 successful calls");
+}
+
+#[derive(Debug)]
+struct Down;
+
+impl std::fmt::Display for Down {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("down")
+    }
+}
+
+impl std::error::Error for Down {}
+
+/// Closed state, count and time windows, slow calls measured: admission and recording
+/// allocate nothing, failures included (they change the window's totals).
+#[test]
+fn circuit_breaker_closed_path_allocates_nothing() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let _guard = rt.enter();
+    for window in [
+        SlidingWindow::count(100),
+        SlidingWindow::time(Duration::from_secs(60)),
+    ] {
+        let layer = CircuitBreakerLayer::builder()
+            .sliding_window(window)
+            .slow_call_duration(Duration::from_secs(1))
+            .failure_rate_threshold(100)
+            .observer(())
+            .build()
+            .unwrap();
+        let handle = layer.handle();
+        let mut ok = layer.layer(Echo);
+        // A zero-sized error boxes without allocating, so only the layer is counted.
+        let mut failing = layer.layer(tower::service_fn(|_: u64| ready(Err::<u64, _>(Down))));
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut one_round = |i| {
+            assert!(ok.poll_ready(&mut cx).is_ready());
+            assert_eq!(ok.call(i).now_or_never().unwrap().unwrap(), i);
+            assert!(failing.poll_ready(&mut cx).is_ready());
+            assert!(failing.call(i).now_or_never().unwrap().is_err());
+        };
+        for i in 0..16 {
+            one_round(i);
+        }
+        let n = allocations_during(|| {
+            for i in 0..1_000 {
+                one_round(i);
+            }
+        });
+        assert_eq!(n, 0, "allocations in 2000 calls ({window:?})");
+        assert_eq!(handle.metrics().failure_rate, Some(50.0));
+    }
 }
 
 #[test]
