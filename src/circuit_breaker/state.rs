@@ -270,7 +270,14 @@ impl Breaker {
                 Window::Time(TimeWindow::new(base, length, buckets))
             }
         };
-        let seed = (&raw const settings as usize as u64) ^ 0x9E37_79B9_7F4A_7C15;
+        // A different jitter sequence per breaker and per process, so instances that
+        // tripped together do not probe together.
+        let seed = {
+            use std::hash::{BuildHasher, Hasher};
+            std::collections::hash_map::RandomState::new()
+                .build_hasher()
+                .finish()
+        };
         Breaker {
             word: AtomicU64::new(
                 Word {
