@@ -12,7 +12,7 @@ use tower_service::Service;
 
 use super::config::{CircuitBreakerConfig, SlidingWindow};
 use super::future::{Guard, ResponseFuture};
-use super::state::{Breaker, Growth, Settings, Snapshot, State, WindowShape};
+use super::state::{Breaker, Growth, Metrics, Settings, State, WindowShape};
 use crate::classify::{Classifier, ErrorsAsFailures};
 use crate::clock::Clock;
 use crate::error::{BoxError, ConfigError, Rejection};
@@ -555,7 +555,7 @@ impl CircuitBreakerHandle {
     }
 
     /// State, rates and counts.
-    pub fn metrics(&self) -> Snapshot {
+    pub fn metrics(&self) -> Metrics {
         self.0.snapshot()
     }
 

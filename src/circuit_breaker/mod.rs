@@ -60,8 +60,9 @@
 //! # Semantics
 //! - **Windows.** [`SlidingWindow::count`] keeps the last N calls; [`SlidingWindow::time`]
 //!   the calls of the last N seconds in buckets. Recording and reading the rates are O(1)
-//!   whatever the size, and the window really slides: after 1 000 successes, a count
-//!   window of 100 at 50 % opens after exactly 50 failures.
+//!   whatever the size (for the time window amortised: a bucket that leaves the window is
+//!   cleared once, by the first call that notices), and the window really slides: after
+//!   1 000 successes, a count window of 100 at 50 % opens after exactly 50 failures.
 //! - **Thresholds** are checked after every recorded call, successes included, in exact
 //!   integer arithmetic with `>=`. Below the minimum number of calls (in a count window at
 //!   most its size, in half-open at most the permitted probes) nothing trips and the rates
@@ -115,4 +116,4 @@ pub use layer::{
     CircuitBreaker, CircuitBreakerBuilder, CircuitBreakerHandle, CircuitBreakerLayer, Keyed,
     KeyedBy, KeyedHandles, Single, Unkeyed,
 };
-pub use state::{Snapshot, State};
+pub use state::{Metrics, State};

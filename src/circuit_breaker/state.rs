@@ -696,7 +696,7 @@ impl Breaker {
     }
 
     /// A consistent-enough reading for the handle.
-    pub(crate) fn snapshot(&self) -> Snapshot {
+    pub(crate) fn snapshot(&self) -> Metrics {
         let state = self.state();
         let clock = &self.settings.clock;
         let (totals, minimum) = match state {
@@ -717,7 +717,7 @@ impl Breaker {
         };
         let ready = totals.calls > 0 && totals.calls >= minimum;
         let word = Word::decode(self.word.load(Acquire));
-        Snapshot {
+        Metrics {
             state,
             failure_rate: if ready {
                 rate(totals.failures, totals.calls)
@@ -742,7 +742,7 @@ impl Breaker {
 /// The handle's reading of a breaker.
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[non_exhaustive]
-pub struct Snapshot {
+pub struct Metrics {
     /// The current state.
     pub state: State,
     /// Failed calls over buffered calls, in percent; `None` below the minimum number of
