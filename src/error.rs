@@ -97,6 +97,14 @@ pub enum Rejection {
     #[error("idempotency key was reused with a different request")]
     #[non_exhaustive]
     IdempotencyMismatch {},
+    /// The request body is larger than a layer that must read it (e.g. to fingerprint it)
+    /// accepts.
+    #[error("request body is larger than {limit} bytes")]
+    #[non_exhaustive]
+    PayloadTooLarge {
+        /// The limit in bytes.
+        limit: u64,
+    },
 }
 
 /// The quota behind a [`Rejection::RateLimited`], in the terms of the IETF RateLimit header
@@ -140,11 +148,13 @@ pub enum RejectionKind {
     IdempotencyInFlight,
     /// [`Rejection::IdempotencyMismatch`].
     IdempotencyMismatch,
+    /// [`Rejection::PayloadTooLarge`].
+    PayloadTooLarge,
 }
 
 impl RejectionKind {
     /// Every kind, in declaration order.
-    pub const ALL: [RejectionKind; 9] = [
+    pub const ALL: [RejectionKind; 10] = [
         RejectionKind::Timeout,
         RejectionKind::CircuitOpen,
         RejectionKind::RateLimited,
@@ -154,6 +164,7 @@ impl RejectionKind {
         RejectionKind::IdempotencyKeyInvalid,
         RejectionKind::IdempotencyInFlight,
         RejectionKind::IdempotencyMismatch,
+        RejectionKind::PayloadTooLarge,
     ];
 
     /// A stable `snake_case` name, used as a metrics label and in log fields.
@@ -168,6 +179,7 @@ impl RejectionKind {
             RejectionKind::IdempotencyKeyInvalid => "idempotency_key_invalid",
             RejectionKind::IdempotencyInFlight => "idempotency_in_flight",
             RejectionKind::IdempotencyMismatch => "idempotency_mismatch",
+            RejectionKind::PayloadTooLarge => "payload_too_large",
         }
     }
 
@@ -280,6 +292,11 @@ impl Rejection {
         Rejection::IdempotencyMismatch {}
     }
 
+    /// A [`Rejection::PayloadTooLarge`].
+    pub const fn payload_too_large(limit: u64) -> Rejection {
+        Rejection::PayloadTooLarge { limit }
+    }
+
     /// The kind of this rejection.
     pub const fn kind(&self) -> RejectionKind {
         match self {
@@ -292,6 +309,7 @@ impl Rejection {
             Rejection::IdempotencyKeyInvalid { .. } => RejectionKind::IdempotencyKeyInvalid,
             Rejection::IdempotencyInFlight { .. } => RejectionKind::IdempotencyInFlight,
             Rejection::IdempotencyMismatch {} => RejectionKind::IdempotencyMismatch,
+            Rejection::PayloadTooLarge { .. } => RejectionKind::PayloadTooLarge,
         }
     }
 

@@ -12,9 +12,10 @@
 //! | timeout | what if the dependency hangs? (and honouring the caller's deadline) | [`timeout`] |
 //! | fallback | what do we answer when it fails? (value, function, last known good) | [`fallback`] |
 //! | circuit breaker | how do we stop hammering a dead dependency? | [`circuit_breaker`] |
+//! | idempotency | what if the user double-clicks Pay? (replay, in-flight claims, conflicts) | [`idempotency`] (feature `http`) |
 //! | edge adapter | how does a refusal reach the client? | [`http`] (feature `http`) |
 //!
-//! Rate limiting, idempotency, feature flags, retries, bulkheads and
+//! Rate limiting, feature flags, retries, bulkheads and
 //! caching build on the same shared core and arrive as their own modules.
 //!
 //! # The shared core
@@ -92,6 +93,9 @@ pub mod grpc;
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod http;
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub mod idempotency;
 pub mod key;
 pub mod mode;
 pub mod observe;
@@ -103,6 +107,8 @@ pub use error::{BoxError, ConfigError, RateLimitInfo, Rejection, RejectionKind, 
 pub use fallback::FallbackLayer;
 #[cfg(feature = "http")]
 pub use http::RejectionResponseLayer;
+#[cfg(feature = "http")]
+pub use idempotency::IdempotencyLayer;
 pub use mode::{Mode, ModeHandle};
 pub use timeout::{Deadline, TimeoutLayer};
 

@@ -6,7 +6,7 @@
 //!
 //! | field | meaning |
 //! |---|---|
-//! | `layer` | `"timeout"`, `"fallback"`, `"circuit_breaker"`, `"http"`, ... ([`Event::layer`]) |
+//! | `layer` | `"timeout"`, `"fallback"`, `"circuit_breaker"`, `"idempotency"`, `"http"`, ... ([`Event::layer`]) |
 //! | `name` | the layer instance's configured name ([`Event::name`]) |
 //! | `outcome` | what was decided, e.g. `"timed_out"` ([`Event::outcome`]) |
 //! | `key` | the request's key, where the layer has one |
@@ -151,6 +151,48 @@ pub enum Event<'a> {
         /// The slow-call rate (percent).
         slow_call_rate: Option<f32>,
     },
+    /// A finished request's stored response answered a retry with the same idempotency key.
+    IdempotencyReplayed {
+        /// The layer's name.
+        name: &'a str,
+        /// The client's idempotency key.
+        key: &'a str,
+        /// Whether the retry arrived while the first request ran and waited for it.
+        waited: bool,
+    },
+    /// The idempotency layer refused a request (missing or malformed key, key in flight,
+    /// key reused with another payload, body too large), or in shadow mode would have
+    /// refused or replayed it.
+    IdempotencyRejected {
+        /// The layer's name.
+        name: &'a str,
+        /// The client's idempotency key, when it could be read.
+        key: Option<&'a str>,
+        /// Why.
+        kind: RejectionKind,
+        /// Whether the request went on anyway (shadow mode).
+        shadow: bool,
+    },
+    /// A response was stored for replay under its idempotency key.
+    IdempotencyStored {
+        /// The layer's name.
+        name: &'a str,
+        /// The client's idempotency key.
+        key: &'a str,
+        /// The stored size in bytes.
+        bytes: usize,
+    },
+    /// A claimed idempotency key was freed without a stored response, so the client may
+    /// retry: the handler failed, was dropped or panicked, or its response was not to be
+    /// stored (status, size).
+    IdempotencyReleased {
+        /// The layer's name.
+        name: &'a str,
+        /// The client's idempotency key.
+        key: &'a str,
+        /// Why.
+        reason: &'static str,
+    },
     /// The edge adapter turned an error of the inner service (not a rejection) into an
     /// internal-error answer. The error text is logged here and never sent to the client.
     InternalError {
@@ -205,6 +247,10 @@ impl Event<'_> {
             Event::CircuitStateChanged { .. }
             | Event::CircuitRejected { .. }
             | Event::CircuitThresholdExceeded { .. } => "circuit_breaker",
+            Event::IdempotencyReplayed { .. }
+            | Event::IdempotencyRejected { .. }
+            | Event::IdempotencyStored { .. }
+            | Event::IdempotencyReleased { .. } => "idempotency",
         }
     }
 
@@ -221,7 +267,11 @@ impl Event<'_> {
             | Event::InternalError { name, .. }
             | Event::CircuitStateChanged { name, .. }
             | Event::CircuitRejected { name, .. }
-            | Event::CircuitThresholdExceeded { name, .. } => name,
+            | Event::CircuitThresholdExceeded { name, .. }
+            | Event::IdempotencyReplayed { name, .. }
+            | Event::IdempotencyRejected { name, .. }
+            | Event::IdempotencyStored { name, .. }
+            | Event::IdempotencyReleased { name, .. } => name,
         }
     }
 
@@ -248,6 +298,11 @@ impl Event<'_> {
             Event::CircuitRejected { shadow: false, .. } => "rejected",
             Event::CircuitRejected { shadow: true, .. } => "would_have_rejected",
             Event::CircuitThresholdExceeded { .. } => "threshold_exceeded",
+            Event::IdempotencyReplayed { .. } => "replayed",
+            Event::IdempotencyRejected { shadow: false, .. } => "rejected",
+            Event::IdempotencyRejected { shadow: true, .. } => "would_have_rejected",
+            Event::IdempotencyStored { .. } => "stored",
+            Event::IdempotencyReleased { .. } => "released",
         }
     }
 
@@ -269,6 +324,11 @@ impl Event<'_> {
             }
             Event::CircuitRejected { shadow: true, .. } => tracing::Level::INFO,
             Event::CircuitRejected { shadow: false, .. } => tracing::Level::DEBUG,
+            Event::IdempotencyReplayed { .. } | Event::IdempotencyRejected { .. } => {
+                tracing::Level::INFO
+            }
+            Event::IdempotencyStored { .. } => tracing::Level::TRACE,
+            Event::IdempotencyReleased { .. } => tracing::Level::DEBUG,
         }
     }
 }
@@ -459,6 +519,29 @@ impl Observer for TracingObserver {
                 failure_rate,
                 slow_call_rate,
                 "circuit breaker threshold exceeded (metrics only: not tripped)"
+            ),
+            Event::IdempotencyReplayed { key, waited, .. } => {
+                emit!(level, event, key, waited, "stored response replayed")
+            }
+            Event::IdempotencyRejected {
+                key, kind, shadow, ..
+            } => emit!(
+                level,
+                event,
+                key,
+                kind = kind.as_str(),
+                state = if shadow { "shadow" } else { "enforce" },
+                "idempotency check refused the request"
+            ),
+            Event::IdempotencyStored { key, bytes, .. } => {
+                emit!(level, event, key, bytes, "response stored for replay")
+            }
+            Event::IdempotencyReleased { key, reason, .. } => emit!(
+                level,
+                event,
+                key,
+                reason,
+                "idempotency key freed without a stored response"
             ),
         }
     }

@@ -4,7 +4,7 @@
 //! |---|---|
 //! | timeout | `DEADLINE_EXCEEDED` (4) |
 //! | circuit open, overloaded | `UNAVAILABLE` (14) |
-//! | rate limited | `RESOURCE_EXHAUSTED` (8) |
+//! | rate limited, request body too large | `RESOURCE_EXHAUSTED` (8) |
 //! | idempotency key in flight | `ABORTED` (10) |
 //! | idempotency key missing or invalid | `INVALID_ARGUMENT` (3) |
 //! | idempotency key reused with another payload | `FAILED_PRECONDITION` (9) |
@@ -87,7 +87,9 @@ impl Code {
         match rejection {
             Rejection::Timeout { .. } => Code::DeadlineExceeded,
             Rejection::CircuitOpen { .. } | Rejection::Overloaded { .. } => Code::Unavailable,
-            Rejection::RateLimited { .. } => Code::ResourceExhausted,
+            Rejection::RateLimited { .. } | Rejection::PayloadTooLarge { .. } => {
+                Code::ResourceExhausted
+            }
             Rejection::FeatureDisabled { .. } => Code::Unimplemented,
             Rejection::IdempotencyKeyMissing {} | Rejection::IdempotencyKeyInvalid { .. } => {
                 Code::InvalidArgument

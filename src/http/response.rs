@@ -36,6 +36,7 @@ impl Default for StatusMap {
                 }
                 RejectionKind::IdempotencyInFlight => StatusCode::CONFLICT,
                 RejectionKind::IdempotencyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
+                RejectionKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             };
         }
         StatusMap(map)
@@ -290,6 +291,7 @@ mod tests {
         let m = StatusMap::default().with(RejectionKind::Timeout, StatusCode::REQUEST_TIMEOUT);
         assert_eq!(m.get(RejectionKind::Timeout), 408);
         assert_eq!(m.get(RejectionKind::IdempotencyMismatch), 422);
+        assert_eq!(m.get(RejectionKind::PayloadTooLarge), 413);
         assert_eq!(m.get(RejectionKind::IdempotencyInFlight), 409);
         assert_eq!(m.get(RejectionKind::IdempotencyKeyMissing), 400);
     }
