@@ -189,6 +189,7 @@ mod tests {
             panic!("fits")
         };
         assert_eq!(data, "abcd");
+        assert!(trailers.is_none());
         let mut t = HeaderMap::new();
         t.insert("grpc-status", "0".parse().unwrap());
         let replay = IdempotentBody::<Full<Bytes>>::buffered(data, Some(t.clone()));
