@@ -11,9 +11,10 @@
 //! |---|---|---|
 //! | timeout | what if the dependency hangs? (and honouring the caller's deadline) | [`timeout`] |
 //! | fallback | what do we answer when it fails? (value, function, last known good) | [`fallback`] |
+//! | rate limit | what if someone sends 10 000 requests? (global or per client IP, API key, route) | [`rate_limit`] |
 //! | edge adapter | how does a refusal reach the client? | [`http`] (feature `http`) |
 //!
-//! Circuit breaking, rate limiting, idempotency, feature flags, retries, bulkheads and
+//! Circuit breaking, idempotency, feature flags, retries, bulkheads and
 //! caching build on the same shared core and arrive as their own modules.
 //!
 //! # The shared core
@@ -94,6 +95,7 @@ pub mod key;
 pub mod mode;
 pub mod observe;
 mod parse;
+pub mod rate_limit;
 pub mod timeout;
 
 pub use error::{BoxError, ConfigError, RateLimitInfo, Rejection, RejectionKind, RejectionKinds};
@@ -101,6 +103,7 @@ pub use fallback::FallbackLayer;
 #[cfg(feature = "http")]
 pub use http::RejectionResponseLayer;
 pub use mode::{Mode, ModeHandle};
+pub use rate_limit::RateLimitLayer;
 pub use timeout::{Deadline, TimeoutLayer};
 
 #[cfg(all(doctest, feature = "http"))]

@@ -118,6 +118,40 @@ pub enum Event<'a> {
         /// The error, with its `source()` chain.
         error: &'a (dyn std::error::Error + 'static),
     },
+    /// The rate limiter refused a request (one event per refusal). With `shadow` set the
+    /// layer is in shadow mode and let it through ("would have rejected").
+    RateLimited {
+        /// The layer's name.
+        name: &'a str,
+        /// The key's class (`"ip"`, `"header"`, `"global"`...): a safe metrics label.
+        class: &'static str,
+        /// The request's key, for logs only (never a metrics label); `None` for unkeyed
+        /// limits and for refusals after a wait.
+        key: Option<&'a dyn fmt::Debug>,
+        /// The name of the quota that refused.
+        policy: &'a str,
+        /// How long until the quota admits a request like it.
+        retry_after: Duration,
+        /// Whether this was only reported (shadow mode).
+        shadow: bool,
+    },
+    /// The rate limiter held a request until its quota admitted it (`max_wait`).
+    RateLimitDelayed {
+        /// The layer's name.
+        name: &'a str,
+        /// The key's class.
+        class: &'static str,
+        /// How long it was held.
+        waited: Duration,
+    },
+    /// A keyed rate limiter was full and forgot a key whose quota was still in use, to make
+    /// room for a new one (that key's quota starts afresh).
+    RateLimitKeyEvicted {
+        /// The layer's name.
+        name: &'a str,
+        /// The key's class.
+        class: &'static str,
+    },
 }
 
 /// What made a fallback fire.
@@ -161,6 +195,9 @@ impl Event<'_> {
             | Event::LastKnownGoodStored { .. }
             | Event::LastKnownGoodSkipped { .. } => "fallback",
             Event::InternalError { .. } => "http",
+            Event::RateLimited { .. }
+            | Event::RateLimitDelayed { .. }
+            | Event::RateLimitKeyEvicted { .. } => "rate_limit",
         }
     }
 
@@ -175,6 +212,9 @@ impl Event<'_> {
             | Event::LastKnownGoodStored { name, .. }
             | Event::LastKnownGoodSkipped { name, .. }
             | Event::InternalError { name, .. } => name,
+            Event::RateLimited { name, .. }
+            | Event::RateLimitDelayed { name, .. }
+            | Event::RateLimitKeyEvicted { name, .. } => name,
         }
     }
 
@@ -190,6 +230,10 @@ impl Event<'_> {
             Event::LastKnownGoodStored { .. } => "last_known_good_stored",
             Event::LastKnownGoodSkipped { .. } => "last_known_good_skipped",
             Event::InternalError { .. } => "internal_error",
+            Event::RateLimited { shadow: false, .. } => "rate_limited",
+            Event::RateLimited { shadow: true, .. } => "would_have_rate_limited",
+            Event::RateLimitDelayed { .. } => "rate_limit_delayed",
+            Event::RateLimitKeyEvicted { .. } => "rate_limit_key_evicted",
         }
     }
 
@@ -206,6 +250,11 @@ impl Event<'_> {
             }
             Event::LastKnownGoodStored { .. } => tracing::Level::TRACE,
             Event::InternalError { .. } => tracing::Level::ERROR,
+            Event::RateLimited { shadow: false, .. } => tracing::Level::WARN,
+            Event::RateLimited { shadow: true, .. } => tracing::Level::INFO,
+            Event::RateLimitDelayed { .. } | Event::RateLimitKeyEvicted { .. } => {
+                tracing::Level::DEBUG
+            }
         }
     }
 }
@@ -349,6 +398,36 @@ impl Observer for TracingObserver {
                 error = %Chain(error),
                 "inner service failed; answered with an internal error"
             ),
+            Event::RateLimited {
+                class,
+                key,
+                policy,
+                retry_after,
+                shadow,
+                ..
+            } => emit!(
+                level,
+                event,
+                class,
+                key = key.map(tracing::field::debug),
+                policy,
+                retry_after_ms = millis(retry_after),
+                state = if shadow { "shadow" } else { "enforce" },
+                "rate limit exceeded"
+            ),
+            Event::RateLimitDelayed { class, waited, .. } => emit!(
+                level,
+                event,
+                class,
+                after_ms = millis(waited),
+                "request held until its quota admitted it"
+            ),
+            Event::RateLimitKeyEvicted { class, .. } => emit!(
+                level,
+                event,
+                class,
+                "rate limiter full: a key still in use was forgotten"
+            ),
         }
     }
 }
@@ -432,6 +511,23 @@ mod tests {
             Event::InternalError {
                 name: "n",
                 error: &io,
+            },
+            Event::RateLimited {
+                name: "n",
+                class: "ip",
+                key: Some(key),
+                policy: "10_per_1s",
+                retry_after: Duration::from_millis(100),
+                shadow: true,
+            },
+            Event::RateLimitDelayed {
+                name: "n",
+                class: "global",
+                waited: Duration::ZERO,
+            },
+            Event::RateLimitKeyEvicted {
+                name: "n",
+                class: "header",
             },
         ];
         for e in &events {
