@@ -267,6 +267,7 @@ impl<K, W, H> RateLimitLayer<K, W, H> {
 
     /// The same layer with another key extractor, keeping the scope (crate-internal: a
     /// configured global limit carries an extractor it never calls).
+    #[cfg(feature = "http")]
     pub(super) fn key<K2>(self, key: K2) -> RateLimitLayer<K2, W, H> {
         RateLimitLayer {
             key,

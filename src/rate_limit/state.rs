@@ -313,9 +313,10 @@ fn nanos(d: Duration) -> u64 {
 ///   (its quota starts afresh when it comes back).
 /// - Every `sweep_step` (measured on the layer's clock, checked on each call) one shard is
 ///   swept of idle keys and shrunk, in turn, so memory returns without anyone calling
-///   anything: a full pass takes `forget_after`.
+///   anything: a full pass takes `forget_after`. When calls are rarer than that, one call
+///   sweeps up to 8 overdue shards.
 pub(super) struct KeyedStore<K> {
-    shards: Box<[RwLock<HashMap<K, Slot>>]>,
+    shards: Box<[RwLock<Shard<K>>]>,
     hasher: RandomState,
     per_shard: usize,
     quotas: usize,
@@ -325,6 +326,25 @@ pub(super) struct KeyedStore<K> {
     cursor: AtomicUsize,
     evicted: AtomicU64,
 }
+
+/// One shard's keys, and the earliest time one of them can be idle (so a full shard under
+/// a flood of new keys is not scanned for idle keys on every insertion).
+struct Shard<K> {
+    map: HashMap<K, Slot>,
+    idle_at: u64,
+}
+
+impl<K> Default for Shard<K> {
+    fn default() -> Self {
+        Shard {
+            map: HashMap::new(),
+            idle_at: 0,
+        }
+    }
+}
+
+/// The most shards one call sweeps when sweeps are overdue.
+const SWEEP_CATCH_UP: u64 = 8;
 
 /// Candidates examined when a full shard must evict a key that is not idle.
 const EVICTION_SAMPLE: usize = 8;
@@ -338,7 +358,7 @@ impl<K: Hash + Eq + Clone> KeyedStore<K> {
         let forget_after = quotas.forget_after();
         let sweep_step = (forget_after / shards as u64).max(10_000_000);
         KeyedStore {
-            shards: (0..shards).map(|_| RwLock::new(HashMap::new())).collect(),
+            shards: (0..shards).map(|_| RwLock::default()).collect(),
             hasher: RandomState::new(),
             per_shard: max_keys / shards,
             quotas: quotas.len(),
@@ -350,7 +370,7 @@ impl<K: Hash + Eq + Clone> KeyedStore<K> {
         }
     }
 
-    fn shard(&self, key: &K) -> &RwLock<HashMap<K, Slot>> {
+    fn shard(&self, key: &K) -> &RwLock<Shard<K>> {
         let i = self.hasher.hash_one(key) as usize & (self.shards.len() - 1);
         &self.shards[i]
     }
@@ -359,32 +379,39 @@ impl<K: Hash + Eq + Clone> KeyedStore<K> {
         now.saturating_sub(slot.last_seen()) >= self.forget_after
     }
 
+    /// Drop the shard's idle keys and note when the next one can be idle.
+    fn drop_idle(&self, shard: &mut Shard<K>, now: u64) {
+        shard.map.retain(|_, slot| !self.is_idle(slot, now));
+        let oldest = shard.map.values().map(Slot::last_seen).min();
+        shard.idle_at = oldest.map_or(0, |t| t.saturating_add(self.forget_after));
+    }
+
     /// Run `f` on `key`'s slot, creating it if needed. Returns whether a key that was not
     /// idle had to be evicted to make room.
     pub(super) fn with_slot<R>(&self, key: &K, now: u64, f: impl FnOnce(&Slot) -> R) -> (R, bool) {
         let shard = self.shard(key);
         {
-            let map = shard.read().unwrap_or_else(PoisonError::into_inner);
-            if let Some(slot) = map.get(key) {
+            let shard = shard.read().unwrap_or_else(PoisonError::into_inner);
+            if let Some(slot) = shard.map.get(key) {
                 slot.touch(now);
                 return (f(slot), false);
             }
         }
         let mut evicted = false;
         let slot = {
-            let mut map = shard.write().unwrap_or_else(PoisonError::into_inner);
-            match map.get(key) {
+            let mut shard = shard.write().unwrap_or_else(PoisonError::into_inner);
+            match shard.map.get(key) {
                 // Created by another call meanwhile.
                 Some(slot) => slot.clone(),
                 None => {
-                    if map.len() >= self.per_shard {
-                        map.retain(|_, slot| !self.is_idle(slot, now));
+                    if shard.map.len() >= self.per_shard && now >= shard.idle_at {
+                        self.drop_idle(&mut shard, now);
                     }
-                    if map.len() >= self.per_shard {
-                        evicted = self.evict_one(&mut map);
+                    if shard.map.len() >= self.per_shard {
+                        evicted = self.evict_one(&mut shard.map);
                     }
                     let slot = Slot::new(self.quotas, now);
-                    map.insert(key.clone(), slot.clone());
+                    shard.map.insert(key.clone(), slot.clone());
                     slot
                 }
             }
@@ -426,13 +453,17 @@ impl<K: Hash + Eq + Clone> KeyedStore<K> {
         {
             return;
         }
-        let i = self.cursor.fetch_add(1, Ordering::Relaxed) % self.shards.len();
-        let mut map = self.shards[i]
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        map.retain(|_, slot| !self.is_idle(slot, now));
-        if map.capacity() > 64 && map.len() < map.capacity() / 4 {
-            map.shrink_to_fit();
+        // Behind schedule (calls were rare): catch up a few shards at a time.
+        let turns = (1 + (now - due) / self.sweep_step).min(SWEEP_CATCH_UP) as usize;
+        for _ in 0..turns.min(self.shards.len()) {
+            let i = self.cursor.fetch_add(1, Ordering::Relaxed) % self.shards.len();
+            let mut shard = self.shards[i]
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            self.drop_idle(&mut shard, now);
+            if shard.map.capacity() > 64 && shard.map.len() < shard.map.capacity() / 4 {
+                shard.map.shrink_to_fit();
+            }
         }
     }
 
@@ -440,7 +471,7 @@ impl<K: Hash + Eq + Clone> KeyedStore<K> {
     pub(super) fn len(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| s.read().unwrap_or_else(PoisonError::into_inner).len())
+            .map(|s| s.read().unwrap_or_else(PoisonError::into_inner).map.len())
             .sum()
     }
 
@@ -457,19 +488,20 @@ impl<K: Hash + Eq + Clone> KeyedStore<K> {
     /// Forget every key.
     pub(super) fn clear(&self) {
         for shard in &self.shards {
-            let mut map = shard.write().unwrap_or_else(PoisonError::into_inner);
-            map.clear();
-            map.shrink_to_fit();
+            let mut shard = shard.write().unwrap_or_else(PoisonError::into_inner);
+            shard.map.clear();
+            shard.map.shrink_to_fit();
+            shard.idle_at = 0;
         }
     }
 
     /// Forget one key.
     pub(super) fn remove(&self, key: &K) -> bool {
-        let mut map = self
+        let mut shard = self
             .shard(key)
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        map.remove(key).is_some()
+        shard.map.remove(key).is_some()
     }
 }
 
