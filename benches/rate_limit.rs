@@ -11,7 +11,9 @@
 //! - `layer_unkeyed`: `RateLimitLayer::new` around the bare service;
 //! - `layer_keyed_10k`: keyed by a `u32`, cycling through 10 000 live keys;
 //! - `layer_unkeyed_2_threads` / `governor_check_2_threads`: two threads sharing one
-//!   limiter, time per call per thread.
+//!   limiter, time per call per thread;
+//! - `rate_limit_outside_runtime/*`: the tokio-clock cases with no runtime entered (see
+//!   [`outside_runtime`]).
 //!
 //! Run: `cargo bench --bench rate_limit -- --warm-up-time 1 --measurement-time 3`.
 
@@ -118,6 +120,22 @@ fn single_thread(c: &mut Criterion) {
     group.finish();
 }
 
+/// The same cases outside a tokio runtime: the benches are built with tokio's
+/// `test-util` (a dev-dependency feature), under which reading the clock inside a runtime
+/// takes the runtime clock's mutex; outside one, and in builds without `test-util`, it is
+/// the system's monotonic clock.
+fn outside_runtime(c: &mut Criterion) {
+    let mut group = c.benchmark_group("rate_limit_outside_runtime");
+    let tokio_clock = TokioClock(tokio::time::Instant::now());
+    let raw_tokio = governor::RateLimiter::direct_with_clock(governor_quota(), tokio_clock);
+    group.bench_function("governor_check_tokio_clock", |b| {
+        b.iter(|| raw_tokio.check().is_ok())
+    });
+    let mut unkeyed = RateLimitLayer::new(huge()).observer(()).layer(Echo);
+    group.bench_function("layer_unkeyed", |b| b.iter(|| one_call(&mut unkeyed, 1)));
+    group.finish();
+}
+
 /// Time per call per thread, with two threads each running `make()`'s closure `iters`
 /// times against one shared limiter.
 fn two_threads<M, F>(iters: u64, make: M) -> Duration
@@ -160,5 +178,5 @@ fn contention(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, single_thread, contention);
+criterion_group!(benches, single_thread, outside_runtime, contention);
 criterion_main!(benches);
