@@ -398,20 +398,37 @@ mod ip {
     /// `ConnectInfo<SocketAddr>` this crate cannot name (it lives in the `axum` crate, not
     /// `axum-core`), copy it with a small middleware added outermost:
     ///
-    /// ```ignore
+    /// ```no_run
+    /// use std::net::SocketAddr;
     /// use axum::extract::{ConnectInfo, Request};
     /// use axum::middleware::{self, Next};
-    /// use tower_parapet::key::PeerAddr;
+    /// use axum::{Router, routing::get};
+    /// use tower::ServiceBuilder;
+    /// use tower_parapet::http::RejectionResponseLayer;
+    /// use tower_parapet::key::{PeerAddr, PeerIp};
+    /// use tower_parapet::rate_limit::{Quota, RateLimitLayer};
     ///
-    /// async fn peer_addr(ConnectInfo(addr): ConnectInfo<std::net::SocketAddr>, mut req: Request, next: Next)
-    ///     -> axum::response::Response {
+    /// async fn peer_addr(
+    ///     ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    ///     mut req: Request,
+    ///     next: Next,
+    /// ) -> axum::response::Response {
     ///     req.extensions_mut().insert(PeerAddr(addr));
     ///     next.run(req).await
     /// }
-    /// let app = app
-    ///     .layer(rate_limit_stack)
+    ///
+    /// # async fn serve() -> std::io::Result<()> {
+    /// let app = Router::new()
+    ///     .route("/", get(|| async { "hello" }))
+    ///     .layer(
+    ///         ServiceBuilder::new()
+    ///             .layer(RejectionResponseLayer::new())
+    ///             .layer(RateLimitLayer::keyed(PeerIp::new(), Quota::per_second(10))),
+    ///     )
     ///     .layer(middleware::from_fn(peer_addr)); // added last: runs first
-    /// // served with `app.into_make_service_with_connect_info::<std::net::SocketAddr>()`
+    /// let listener = tokio::net::TcpListener::bind("0.0.0.0:3000").await?;
+    /// axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await
+    /// # }
     /// ```
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
     pub struct PeerAddr(pub SocketAddr);

@@ -41,7 +41,7 @@
 //! 1. logging,
 //! 2. [`http::RejectionResponseLayer`] — everything below may refuse; this turns refusals
 //!    into responses, so the stack needs no `HandleErrorLayer`,
-//! 3. rate limit, feature gate, idempotency (refuse cheaply, before any work),
+//! 3. [`RateLimitLayer`], feature gate, idempotency (refuse cheaply, before any work),
 //! 4. [`fallback::FallbackLayer`] — outside the breaker and the timeout, so it answers for
 //!    an open circuit and a timeout alike,
 //! 5. retry, then circuit breaker,
@@ -73,7 +73,7 @@
 //! # Features
 //! | feature | default | what it adds |
 //! |---|---|---|
-//! | `http` | yes | [`http`]: rejections as HTTP/gRPC responses; deadline headers; HTTP classifiers, keys and last-known-good snapshots |
+//! | `http` | yes | [`http`]: rejections as HTTP/gRPC responses; deadline headers; HTTP classifiers, keys (header, route, client IP behind proxies) and last-known-good snapshots; `RateLimit` fields on admitted responses |
 //! | `axum` | | `IntoResponse` for [`Rejection`] |
 //! | `tonic` | | `From<Rejection> for tonic::Status`, [`grpc::status_from_error`] |
 //! | `test-util` | | [`clock::ManualClock`] to test configurations |
