@@ -794,3 +794,80 @@ mod property {
         }
     }
 }
+
+// ---------------------------------------------------------------- shared state
+
+#[test]
+fn two_threads_share_one_quota_exactly() {
+    // 1 request's worth is replenished every 36 s: none during the test.
+    let unkeyed = RateLimitLayer::new(Quota::per_hour(100)).observer(());
+    let keyed = RateLimitLayer::keyed(
+        key::from_fn(|_: &u32| Ok::<_, KeyError>("one key")),
+        Quota::per_hour(100),
+    )
+    .observer(());
+    let services = [
+        tower::util::BoxCloneSyncService::new(unkeyed.layer(echo())),
+        tower::util::BoxCloneSyncService::new(keyed.layer(echo())),
+    ];
+    for layer in services {
+        let admitted = std::sync::atomic::AtomicU32::new(0);
+        std::thread::scope(|scope| {
+            for _ in 0..2 {
+                let mut svc = layer.clone();
+                let admitted = &admitted;
+                scope.spawn(move || {
+                    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+                    for n in 0..5_000 {
+                        assert!(svc.poll_ready(&mut cx).is_ready());
+                        if let Some(Ok(_)) = svc.call(n).now_or_never() {
+                            admitted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(admitted.into_inner(), 100);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_handle_forgets_a_key_and_resets_everything() {
+    let layer = RateLimitLayer::keyed(
+        key::from_fn(|n: &u32| Ok::<_, KeyError>(*n % 2)),
+        Quota::per_hour(1),
+    );
+    let handle = layer.handle();
+    let mut svc = layer.layer(echo());
+    assert_eq!(call(&mut svc, 2).await, Ok(2));
+    assert_eq!(call(&mut svc, 3).await, Ok(3));
+    assert!(call(&mut svc, 4).await.is_err());
+    assert_eq!(handle.live_keys(), 2);
+    assert!(handle.forget(&0u32));
+    assert!(!handle.forget(&"not the key type"));
+    assert_eq!(call(&mut svc, 4).await, Ok(4), "key 0 starts afresh");
+    assert!(call(&mut svc, 5).await.is_err(), "key 1 does not");
+    handle.reset();
+    assert_eq!(handle.live_keys(), 0);
+    assert_eq!(call(&mut svc, 5).await, Ok(5));
+    assert!(format!("{handle:?}").contains("live_keys"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_limiter_reports_the_keys_it_evicts() {
+    let journal = Journal::default();
+    let mut svc = RateLimitLayer::keyed(
+        key::from_fn(|n: &u32| Ok::<_, KeyError>(*n)),
+        Quota::per_hour(1),
+    )
+    .max_keys(16)
+    .key_class("user")
+    .observer(journal.observer())
+    .layer(echo());
+    for n in 0..40 {
+        assert_eq!(call(&mut svc, n).await, Ok(n));
+    }
+    let events = journal.take();
+    assert_eq!(events.len(), 24);
+    assert!(events.iter().all(|e| e == "rate_limit_key_evicted user"));
+}

@@ -166,7 +166,7 @@ impl Shared {
             .map(|s| &**s)
     }
 
-    /// Whether a refused request may wait `wait`, given `budget` left of the maximum wait.
+    /// Whether a refused request may wait `wait` (waiting is on and `wait` is within it).
     pub(super) fn may_wait(&self, wait: Duration) -> bool {
         wait <= self.spec.max_wait && !self.spec.max_wait.is_zero()
     }

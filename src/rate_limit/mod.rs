@@ -57,7 +57,9 @@
 //! [`PeerIp`](crate::key::PeerIp), [`Header`](crate::key::Header) (an API key),
 //! [`Target`](crate::key::Target) (a route), [`key::from_fn`](crate::key::from_fn), or a
 //! pair of them. A request whose key cannot be read shares one quota with the others
-//! like it ([`MissingKey::Shared`]), or is not limited ([`MissingKey::Allow`]).
+//! like it ([`MissingKey::Shared`]), or is not limited ([`MissingKey::Allow`]). The key
+//! store is typed on first use; a layer used with two request types whose keys have
+//! different types treats the second type's requests as having no key.
 //!
 //! # Bounded memory
 //! A keyed limiter holds at most [`max_keys`](RateLimitLayer::max_keys) keys (default

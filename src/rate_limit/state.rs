@@ -57,6 +57,9 @@ impl governor::clock::Clock for GovClock {
     }
 }
 
+/// How far a slot's last-seen time may lag behind the truth, in nanoseconds (1 ms).
+const TOUCH_GRAIN: u64 = 1_000_000;
+
 /// One key's state: `[last_seen, cell_0, cell_1, ...]`, one allocation per key. A cell is
 /// one quota's theoretical arrival time (0: never used).
 ///
@@ -84,7 +87,7 @@ impl Slot {
     #[inline]
     fn touch(&self, now: u64) {
         let seen = &self.0[0];
-        if now.saturating_sub(seen.load(Ordering::Relaxed)) >= 1_000_000 {
+        if now.saturating_sub(seen.load(Ordering::Relaxed)) >= TOUCH_GRAIN {
             seen.store(now, Ordering::Relaxed);
         }
     }
@@ -375,15 +378,20 @@ impl<K: Hash + Eq + Clone> KeyedStore<K> {
         &self.shards[i]
     }
 
+    /// Whether `slot` has been unseen for its refill time, plus the millisecond by which
+    /// its last-seen time may lag (see [`Slot::touch`]).
     fn is_idle(&self, slot: &Slot, now: u64) -> bool {
-        now.saturating_sub(slot.last_seen()) >= self.forget_after
+        now.saturating_sub(slot.last_seen()) >= self.forget_after.saturating_add(TOUCH_GRAIN)
     }
 
     /// Drop the shard's idle keys and note when the next one can be idle.
     fn drop_idle(&self, shard: &mut Shard<K>, now: u64) {
         shard.map.retain(|_, slot| !self.is_idle(slot, now));
         let oldest = shard.map.values().map(Slot::last_seen).min();
-        shard.idle_at = oldest.map_or(0, |t| t.saturating_add(self.forget_after));
+        shard.idle_at = oldest.map_or(0, |t| {
+            t.saturating_add(self.forget_after)
+                .saturating_add(TOUCH_GRAIN)
+        });
     }
 
     /// Run `f` on `key`'s slot, creating it if needed. Returns whether a key that was not
