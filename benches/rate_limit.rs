@@ -13,7 +13,7 @@
 //! - `layer_unkeyed_2_threads` / `governor_check_2_threads`: two threads sharing one
 //!   limiter, time per call per thread;
 //! - `rate_limit_outside_runtime/*`: the tokio-clock cases with no runtime entered (see
-//!   [`outside_runtime`]).
+//!   [`outside_runtime`]), and `layer_off`, the layer in `Mode::Off` (its fixed cost).
 //!
 //! Run: `cargo bench --bench rate_limit -- --warm-up-time 1 --measurement-time 3`.
 
@@ -133,6 +133,12 @@ fn outside_runtime(c: &mut Criterion) {
     });
     let mut unkeyed = RateLimitLayer::new(huge()).observer(()).layer(Echo);
     group.bench_function("layer_unkeyed", |b| b.iter(|| one_call(&mut unkeyed, 1)));
+    // The layer's fixed cost: mode off, no quota asked.
+    let mut off = RateLimitLayer::new(huge())
+        .observer(())
+        .mode(tower_parapet::Mode::Off)
+        .layer(Echo);
+    group.bench_function("layer_off", |b| b.iter(|| one_call(&mut off, 1)));
     group.finish();
 }
 
