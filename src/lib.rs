@@ -12,10 +12,11 @@
 //! | timeout | what if the dependency hangs? (and honouring the caller's deadline) | [`timeout`] |
 //! | fallback | what do we answer when it fails? (value, function, last known good) | [`fallback`] |
 //! | circuit breaker | how do we stop hammering a dead dependency? | [`circuit_breaker`] |
+//! | rate limit | what if someone sends 10 000 requests? (global or per client IP, API key, route) | [`rate_limit`] |
 //! | idempotency | what if the user double-clicks Pay? (replay, in-flight claims, conflicts) | [`idempotency`] (feature `http`) |
 //! | edge adapter | how does a refusal reach the client? | [`http`] (feature `http`) |
 //!
-//! Rate limiting, feature flags, retries, bulkheads and
+//! Feature flags, retries, bulkheads and
 //! caching build on the same shared core and arrive as their own modules.
 //!
 //! # The shared core
@@ -42,7 +43,7 @@
 //! 1. logging,
 //! 2. [`http::RejectionResponseLayer`] — everything below may refuse; this turns refusals
 //!    into responses, so the stack needs no `HandleErrorLayer`,
-//! 3. rate limit, feature gate, idempotency (refuse cheaply, before any work),
+//! 3. [`RateLimitLayer`], feature gate, idempotency (refuse cheaply, before any work),
 //! 4. [`fallback::FallbackLayer`] — outside the breaker and the timeout, so it answers for
 //!    an open circuit and a timeout alike,
 //! 5. retry, then [`circuit_breaker::CircuitBreakerLayer`] (one breaker per dependency),
@@ -74,7 +75,7 @@
 //! # Features
 //! | feature | default | what it adds |
 //! |---|---|---|
-//! | `http` | yes | [`http`]: rejections as HTTP/gRPC responses; deadline headers; HTTP classifiers, keys and last-known-good snapshots |
+//! | `http` | yes | [`http`]: rejections as HTTP/gRPC responses; deadline headers; HTTP classifiers, keys (header, route, client IP behind proxies) and last-known-good snapshots; `RateLimit` fields on admitted responses |
 //! | `axum` | | `IntoResponse` for [`Rejection`] |
 //! | `tonic` | | `From<Rejection> for tonic::Status`, [`grpc::status_from_error`] |
 //! | `test-util` | | [`clock::ManualClock`] to test configurations |
@@ -100,6 +101,7 @@ pub mod key;
 pub mod mode;
 pub mod observe;
 mod parse;
+pub mod rate_limit;
 pub mod timeout;
 
 pub use circuit_breaker::CircuitBreakerLayer;
@@ -110,6 +112,7 @@ pub use http::RejectionResponseLayer;
 #[cfg(feature = "http")]
 pub use idempotency::IdempotencyLayer;
 pub use mode::{Mode, ModeHandle};
+pub use rate_limit::RateLimitLayer;
 pub use timeout::{Deadline, TimeoutLayer};
 
 #[cfg(all(doctest, feature = "http"))]

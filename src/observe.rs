@@ -193,6 +193,40 @@ pub enum Event<'a> {
         /// Why.
         reason: &'static str,
     },
+    /// The rate limiter refused a request (one event per refusal). With `shadow` set the
+    /// layer is in shadow mode and let it through ("would have rejected").
+    RateLimited {
+        /// The layer's name.
+        name: &'a str,
+        /// The key's class (`"ip"`, `"header"`, `"global"`...): a safe metrics label.
+        class: &'static str,
+        /// The request's key, for logs only (never a metrics label); `None` for unkeyed
+        /// limits and for refusals after a wait.
+        key: Option<&'a dyn fmt::Debug>,
+        /// The name of the quota that refused.
+        policy: &'a str,
+        /// How long until the quota admits a request like it.
+        retry_after: Duration,
+        /// Whether this was only reported (shadow mode).
+        shadow: bool,
+    },
+    /// The rate limiter held a request until its quota admitted it (`max_wait`).
+    RateLimitDelayed {
+        /// The layer's name.
+        name: &'a str,
+        /// The key's class.
+        class: &'static str,
+        /// How long it was held.
+        waited: Duration,
+    },
+    /// A keyed rate limiter was full and forgot a key whose quota was still in use, to make
+    /// room for a new one (that key's quota starts afresh).
+    RateLimitKeyEvicted {
+        /// The layer's name.
+        name: &'a str,
+        /// The key's class.
+        class: &'static str,
+    },
     /// The edge adapter turned an error of the inner service (not a rejection) into an
     /// internal-error answer. The error text is logged here and never sent to the client.
     InternalError {
@@ -251,6 +285,9 @@ impl Event<'_> {
             | Event::IdempotencyRejected { .. }
             | Event::IdempotencyStored { .. }
             | Event::IdempotencyReleased { .. } => "idempotency",
+            Event::RateLimited { .. }
+            | Event::RateLimitDelayed { .. }
+            | Event::RateLimitKeyEvicted { .. } => "rate_limit",
         }
     }
 
@@ -271,7 +308,10 @@ impl Event<'_> {
             | Event::IdempotencyReplayed { name, .. }
             | Event::IdempotencyRejected { name, .. }
             | Event::IdempotencyStored { name, .. }
-            | Event::IdempotencyReleased { name, .. } => name,
+            | Event::IdempotencyReleased { name, .. }
+            | Event::RateLimited { name, .. }
+            | Event::RateLimitDelayed { name, .. }
+            | Event::RateLimitKeyEvicted { name, .. } => name,
         }
     }
 
@@ -303,6 +343,10 @@ impl Event<'_> {
             Event::IdempotencyRejected { shadow: true, .. } => "would_have_rejected",
             Event::IdempotencyStored { .. } => "stored",
             Event::IdempotencyReleased { .. } => "released",
+            Event::RateLimited { shadow: false, .. } => "rate_limited",
+            Event::RateLimited { shadow: true, .. } => "would_have_rate_limited",
+            Event::RateLimitDelayed { .. } => "rate_limit_delayed",
+            Event::RateLimitKeyEvicted { .. } => "rate_limit_key_evicted",
         }
     }
 
@@ -329,6 +373,11 @@ impl Event<'_> {
             }
             Event::IdempotencyStored { .. } => tracing::Level::TRACE,
             Event::IdempotencyReleased { .. } => tracing::Level::DEBUG,
+            Event::RateLimited { shadow: false, .. } => tracing::Level::WARN,
+            Event::RateLimited { shadow: true, .. } => tracing::Level::INFO,
+            Event::RateLimitDelayed { .. } | Event::RateLimitKeyEvicted { .. } => {
+                tracing::Level::DEBUG
+            }
         }
     }
 }
@@ -543,6 +592,36 @@ impl Observer for TracingObserver {
                 reason,
                 "idempotency key freed without a stored response"
             ),
+            Event::RateLimited {
+                class,
+                key,
+                policy,
+                retry_after,
+                shadow,
+                ..
+            } => emit!(
+                level,
+                event,
+                class,
+                key = key.map(tracing::field::debug),
+                policy,
+                retry_after_ms = millis(retry_after),
+                state = if shadow { "shadow" } else { "enforce" },
+                "rate limit exceeded"
+            ),
+            Event::RateLimitDelayed { class, waited, .. } => emit!(
+                level,
+                event,
+                class,
+                after_ms = millis(waited),
+                "request held until its quota admitted it"
+            ),
+            Event::RateLimitKeyEvicted { class, .. } => emit!(
+                level,
+                event,
+                class,
+                "rate limiter full: a key still in use was forgotten"
+            ),
         }
     }
 }
@@ -626,6 +705,23 @@ mod tests {
             Event::InternalError {
                 name: "n",
                 error: &io,
+            },
+            Event::RateLimited {
+                name: "n",
+                class: "ip",
+                key: Some(key),
+                policy: "10_per_1s",
+                retry_after: Duration::from_millis(100),
+                shadow: true,
+            },
+            Event::RateLimitDelayed {
+                name: "n",
+                class: "global",
+                waited: Duration::ZERO,
+            },
+            Event::RateLimitKeyEvicted {
+                name: "n",
+                class: "header",
             },
         ];
         for e in &events {

@@ -1,7 +1,7 @@
 //! Contract 9: the admission paths make no allocation in their common case.
 //!
 //! A counting global allocator (this test binary only) counts the allocations made on
-//! this thread while calling a timeout-wrapped service whose response is ready at once.
+//! this thread while calling a wrapped service whose response is ready at once.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -13,7 +13,8 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use tower::{Layer, Service};
 use tower_parapet::circuit_breaker::{CircuitBreakerLayer, SlidingWindow};
-use tower_parapet::{FallbackLayer, TimeoutLayer};
+use tower_parapet::rate_limit::Quota;
+use tower_parapet::{FallbackLayer, RateLimitLayer, TimeoutLayer};
 
 struct Counting;
 
@@ -155,6 +156,28 @@ fn circuit_breaker_closed_path_allocates_nothing() {
         assert_eq!(n, 0, "allocations in 2000 calls ({window:?})");
         assert_eq!(handle.metrics().failure_rate, Some(50.0));
     }
+}
+
+#[test]
+fn unkeyed_rate_limit_admission_allocates_nothing() {
+    // Two quotas, so the path that asks several of them is counted too.
+    let mut svc = RateLimitLayer::new(Quota::per_second(1_000_000_000))
+        .quota(Quota::per_hour(1_000_000_000))
+        .layer(Echo);
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut one_call = |i| {
+        assert!(svc.poll_ready(&mut cx).is_ready());
+        assert_eq!(svc.call(i).now_or_never().unwrap().unwrap(), i);
+    };
+    for i in 0..16 {
+        one_call(i);
+    }
+    let n = allocations_during(|| {
+        for i in 0..1_000 {
+            one_call(i);
+        }
+    });
+    assert_eq!(n, 0, "allocations in 1000 admitted calls");
 }
 
 #[test]

@@ -46,3 +46,4 @@ mod response;
 pub use body::ResponseBody;
 pub use layer::{RejectionResponse, RejectionResponseLayer, ResponseFuture};
 pub use response::StatusMap;
+pub(crate) use response::rate_limit_fields;

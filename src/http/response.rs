@@ -6,7 +6,7 @@ use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use http::{HeaderMap, Response, StatusCode};
 
-use crate::error::{Rejection, RejectionKind};
+use crate::error::{RateLimitInfo, Rejection, RejectionKind};
 use crate::grpc::Code;
 
 pub(crate) const PROBLEM_JSON: HeaderValue = HeaderValue::from_static("application/problem+json");
@@ -84,6 +84,24 @@ fn set(headers: &mut HeaderMap, name: &'static str, value: String) {
     }
 }
 
+/// The IETF `RateLimit-Policy` and `RateLimit` fields for `p` (draft-10 syntax); returns
+/// `t`, the seconds until the quota is restored (rounded up, never 0).
+pub(crate) fn rate_limit_fields(p: &RateLimitInfo, headers: &mut HeaderMap) -> u64 {
+    let name = sf_string(&p.policy);
+    let t = retry_after_secs(p.reset);
+    set(
+        headers,
+        "ratelimit-policy",
+        format!("{name};q={};w={}", p.quota, retry_after_secs(p.window)),
+    );
+    set(
+        headers,
+        "ratelimit",
+        format!("{name};r={};t={t}", p.remaining),
+    );
+    t
+}
+
 /// The headers that carry a rejection's retry information: `Retry-After`, and for a rate
 /// limit with a known policy the IETF `RateLimit-Policy` and `RateLimit` fields.
 pub(crate) fn retry_headers(rejection: &Rejection, headers: &mut HeaderMap) {
@@ -92,18 +110,7 @@ pub(crate) fn retry_headers(rejection: &Rejection, headers: &mut HeaderMap) {
         policy: Some(p), ..
     } = rejection
     {
-        let name = sf_string(&p.policy);
-        let t = retry_after_secs(p.reset);
-        set(
-            headers,
-            "ratelimit-policy",
-            format!("{name};q={};w={}", p.quota, retry_after_secs(p.window)),
-        );
-        set(
-            headers,
-            "ratelimit",
-            format!("{name};r={};t={t}", p.remaining),
-        );
+        let t = rate_limit_fields(p, headers);
         retry = Some(retry.map_or(t, |r| r.max(t)));
     }
     if let Some(secs) = retry {
@@ -227,7 +234,6 @@ impl axum_core::response::IntoResponse for Rejection {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::RateLimitInfo;
 
     #[test]
     fn retry_after_rounds_up_and_never_zero() {

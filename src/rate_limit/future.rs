@@ -1,0 +1,175 @@
+//! The response future of [`RateLimit`](super::RateLimit).
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+use tower_service::Service;
+
+use super::layer::{OnAdmitted, Shared};
+use super::state::{Decision, Slot};
+use crate::error::{BoxError, RateLimitInfo, Rejection};
+use crate::observe::Event;
+
+pin_project! {
+    /// The response future of [`RateLimit`](super::RateLimit): the inner call, a
+    /// rejection (ready at once), or a wait for the quota followed by the inner call.
+    pub struct ResponseFuture<F, S, Req, H> {
+        #[pin]
+        state: State<F, S, Req, H>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F, S, Req, H> {
+        Called {
+            #[pin]
+            fut: F,
+            info: Option<RateLimitInfo>,
+            headers: H,
+        },
+        Rejected { rejection: Option<Rejection> },
+        Waiting { wait: Box<Waiting<S, Req, H>> },
+    }
+}
+
+/// A request held until its quota admits it. Boxed: only requests that wait pay for it.
+struct Waiting<S, Req, H> {
+    sleep: Pin<Box<Sleep>>,
+    svc: S,
+    req: Option<Req>,
+    slot: Slot,
+    weight: u32,
+    class: &'static str,
+    started: Instant,
+    headers: H,
+    shared: Arc<Shared>,
+}
+
+impl<F, S, Req, H> fmt::Debug for ResponseFuture<F, S, Req, H> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("rate_limit::ResponseFuture")
+    }
+}
+
+impl<F, S, Req, H> ResponseFuture<F, S, Req, H> {
+    pub(super) fn called(fut: F, info: Option<RateLimitInfo>, headers: H) -> Self {
+        ResponseFuture {
+            state: State::Called { fut, info, headers },
+        }
+    }
+
+    pub(super) fn rejected(rejection: Rejection) -> Self {
+        ResponseFuture {
+            state: State::Rejected {
+                rejection: Some(rejection),
+            },
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn waiting(
+        svc: S,
+        req: Req,
+        slot: Slot,
+        weight: u32,
+        wait: Duration,
+        class: &'static str,
+        headers: H,
+        shared: Arc<Shared>,
+    ) -> Self {
+        let started = Instant::now();
+        ResponseFuture {
+            state: State::Waiting {
+                wait: Box::new(Waiting {
+                    sleep: Box::pin(tokio::time::sleep(wait)),
+                    svc,
+                    req: Some(req),
+                    slot,
+                    weight,
+                    class,
+                    started,
+                    headers,
+                    shared,
+                }),
+            },
+        }
+    }
+}
+
+impl<S, Req, H> Future for ResponseFuture<S::Future, S, Req, H>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    H: OnAdmitted<S::Response>,
+{
+    type Output = Result<S::Response, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut state = self.project().state;
+        loop {
+            match state.as_mut().project() {
+                StateProj::Called { fut, info, headers } => {
+                    let mut res = ready!(fut.poll(cx)).map_err(Into::into)?;
+                    if let Some(info) = info.take() {
+                        headers.apply(&mut res, &info);
+                    }
+                    return Poll::Ready(Ok(res));
+                }
+                StateProj::Rejected { rejection } => {
+                    let rejection = rejection.take().expect("polled after completion");
+                    return Poll::Ready(Err(rejection.boxed()));
+                }
+                StateProj::Waiting { wait } => {
+                    ready!(wait.sleep.as_mut().poll(cx));
+                    let shared = &wait.shared;
+                    let want_info = wait.headers.enabled();
+                    match shared.quotas.decide(&wait.slot, wait.weight, want_info) {
+                        Decision::Admitted { info } => {
+                            shared.observer().emit(&Event::RateLimitDelayed {
+                                name: shared.name(),
+                                class: wait.class,
+                                waited: wait.started.elapsed(),
+                            });
+                            let req = wait.req.take().expect("polled after completion");
+                            let fut = wait.svc.call(req);
+                            let headers = wait.headers.clone();
+                            state.set(State::Called { fut, info, headers });
+                        }
+                        Decision::Refused {
+                            quota,
+                            wait: again,
+                            info,
+                        } => {
+                            // Waiting reserves nothing: another request took the quota.
+                            // Wait again while the total stays within the maximum.
+                            let waited = wait.started.elapsed();
+                            if waited.saturating_add(again) <= shared.max_wait() {
+                                let at = Instant::now() + again;
+                                wait.sleep.as_mut().reset(at);
+                                continue;
+                            }
+                            shared.observer().emit(&Event::RateLimited {
+                                name: shared.name(),
+                                class: wait.class,
+                                key: None,
+                                policy: shared.quotas.quota(quota).name(),
+                                retry_after: again,
+                                shadow: false,
+                            });
+                            let rejection = Rejection::rate_limited(again, Some(info));
+                            state.set(State::Rejected { rejection: None });
+                            return Poll::Ready(Err(rejection.boxed()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
