@@ -25,6 +25,7 @@ use tower_parapet::circuit_breaker::{CircuitBreakerLayer, SlidingWindow};
 use tower_parapet::classify::ServerErrorsAsFailures;
 use tower_parapet::fallback::{self, FallbackLayer, HeaderMark, LastKnownGood};
 use tower_parapet::http::RejectionResponseLayer;
+use tower_parapet::idempotency::{Conflict, IdempotencyLayer};
 use tower_parapet::key::{ClientIp, PeerAddr, Target};
 use tower_parapet::observe::Event;
 use tower_parapet::rate_limit::{Quota, RateLimitLayer};
@@ -58,6 +59,12 @@ impl Journal {
                     format!(": {source} had nothing (on {trigger})")
                 }
                 Event::InternalError { error, .. } => format!(" \"{error}\" (logged, not sent)"),
+                Event::IdempotencyReplayed { key, waited, .. } => {
+                    format!(" {key}{}", if waited { " after waiting" } else { "" })
+                }
+                Event::IdempotencyStored { key, .. } => format!(" {key}"),
+                Event::IdempotencyRejected { kind, .. } => format!(" ({kind})"),
+                Event::IdempotencyReleased { reason, .. } => format!(" ({reason})"),
                 Event::CircuitStateChanged {
                     from,
                     failure_rate,
@@ -129,41 +136,23 @@ impl Table {
         }
     }
 
-    async fn send(&mut self, svc: &mut Stack, journal: &Journal, what: &str, req: Request<Body>) {
-        let sent = Instant::now();
-        let res = svc.ready().await.unwrap().call(req).await.unwrap();
-        let took = sent.elapsed();
-        let status = res.status();
-        let marker = res
-            .headers()
-            .get("parapet-fallback")
-            .map(|v| format!(" [fallback: {}]", v.to_str().unwrap_or("?")))
-            .unwrap_or_default();
-        let retry = ["retry-after", "ratelimit"]
-            .iter()
-            .filter_map(|name| {
-                let v = res.headers().get(*name)?;
-                let shown = if *name == "retry-after" {
-                    "Retry-After"
-                } else {
-                    "RateLimit"
-                };
-                Some(format!(" {shown}: {}", v.to_str().unwrap_or("?")))
-            })
-            .collect::<String>();
-        let body = res.into_body().collect().await.unwrap().to_bytes();
-        let mut body = String::from_utf8_lossy(&body).into_owned();
-        if body.starts_with('{') {
-            // A problem+json document: show its detail only.
-            let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
-            body = format!("problem: {}", doc["detail"].as_str().unwrap_or(""));
-        }
+    async fn send<S, B>(&mut self, svc: &mut S, journal: &Journal, what: &str, req: Request<Body>)
+    where
+        S: Service<Request<Body>, Response = Response<B>, Error = Infallible>,
+        B: http_body::Body<Data = Bytes>,
+        B::Error: std::fmt::Debug,
+    {
+        let (sent, answer, body) = exchange(svc, req).await;
+        self.push(sent, what, answer, body, journal.take());
+    }
+
+    fn push(&mut self, sent: Instant, what: &str, answer: String, body: String, decided: String) {
         self.rows.push([
             format!("{:>8.3}s", (sent - self.start).as_secs_f64()),
             what.to_owned(),
-            format!("{} in {}{retry}{marker}", status.as_u16(), ms(took)),
+            answer,
             body,
-            journal.take(),
+            decided,
         ]);
     }
 
@@ -191,6 +180,48 @@ impl Table {
         }
         println!("\n{lesson}");
     }
+}
+
+/// One request: when it was sent, the answer line (status, time, notable headers), and
+/// the body (a problem document's detail only).
+async fn exchange<S, B>(svc: &mut S, req: Request<Body>) -> (Instant, String, String)
+where
+    S: Service<Request<Body>, Response = Response<B>, Error = Infallible>,
+    B: http_body::Body<Data = Bytes>,
+    B::Error: std::fmt::Debug,
+{
+    let sent = Instant::now();
+    let res = svc.ready().await.unwrap().call(req).await.unwrap();
+    let took = sent.elapsed();
+    let status = res.status();
+    let header = |name: &str, label: &str| {
+        res.headers()
+            .get(name)
+            .map(|v| format!(" {label}{}", v.to_str().unwrap_or("?")))
+            .unwrap_or_default()
+    };
+    let notes = [
+        header("retry-after", "Retry-After: "),
+        header("ratelimit", "RateLimit: "),
+        header("idempotent-replayed", "Idempotent-Replayed: "),
+        res.headers()
+            .get("parapet-fallback")
+            .map(|v| format!(" [fallback: {}]", v.to_str().unwrap_or("?")))
+            .unwrap_or_default(),
+    ]
+    .concat();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    let mut body = String::from_utf8_lossy(&body).into_owned();
+    if body.starts_with('{') {
+        // A problem+json document: show its detail only.
+        let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+        body = format!("problem: {}", doc["detail"].as_str().unwrap_or(""));
+    }
+    (
+        sent,
+        format!("{} in {}{notes}", status.as_u16(), ms(took)),
+        body,
+    )
 }
 
 fn get(path: &str) -> Request<Body> {
@@ -615,6 +646,99 @@ async fn flood(journal: &Journal) {
     );
 }
 
+async fn double_click(journal: &Journal) {
+    // The card network takes 800 ms per charge.
+    let charges = Arc::new(AtomicU32::new(0));
+    let card = charges.clone();
+    let dep = dependency(move |_, req: Request<Body>| {
+        let card = card.clone();
+        async move {
+            let amount = req.into_body().collect().await?.to_bytes();
+            tokio::time::sleep(Duration::from_millis(800)).await;
+            let n = card.fetch_add(1, Ordering::SeqCst) + 1;
+            Ok(Response::builder()
+                .status(StatusCode::CREATED)
+                .body(Body::from(format!(
+                    "charge #{n}: {}",
+                    String::from_utf8_lossy(&amount)
+                )))
+                .unwrap())
+        }
+    });
+    let svc = BoxCloneService::new(
+        ServiceBuilder::new()
+            .layer(RejectionResponseLayer::new().observer(journal.observer()))
+            .layer(
+                IdempotencyLayer::new()
+                    .required(true)
+                    .conflict(Conflict::Wait(Duration::from_secs(15)))
+                    .observer(journal.observer()),
+            )
+            .service(dep),
+    );
+    let pay = |key: Option<&str>, amount: &str| {
+        let mut req = Request::post("/pay");
+        if let Some(key) = key {
+            req = req.header("idempotency-key", key);
+        }
+        req.body(Body::from(amount.to_owned())).unwrap()
+    };
+    let mut t = Table::new();
+    // Two clicks 300 ms apart: the second arrives while the first is charging the card.
+    let (mut a, mut b) = (svc.clone(), svc.clone());
+    let (first, second) = tokio::join!(
+        exchange(&mut a, pay(Some("\"order-1042\""), "49.90 EUR")),
+        async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            exchange(&mut b, pay(Some("\"order-1042\""), "49.90 EUR")).await
+        }
+    );
+    // The journal holds the first click's "stored", then the second's "replayed".
+    let decided = journal.take();
+    let (one, two) = decided.split_once("; ").unwrap_or(("-", &decided));
+    t.push(first.0, "POST /pay (click 1)", first.1, first.2, one.into());
+    t.push(
+        second.0,
+        "POST /pay (click 2, 300 ms later)",
+        second.1,
+        second.2,
+        two.into(),
+    );
+    let mut svc = svc;
+    tokio::time::advance(Duration::from_secs(600)).await;
+    t.send(
+        &mut svc,
+        journal,
+        "POST /pay (page reloaded)",
+        pay(Some("order-1042"), "49.90 EUR"),
+    )
+    .await;
+    t.send(
+        &mut svc,
+        journal,
+        "POST /pay (same key, other amount)",
+        pay(Some("order-1042"), "4990 EUR"),
+    )
+    .await;
+    t.send(
+        &mut svc,
+        journal,
+        "POST /pay (no key)",
+        pay(None, "49.90 EUR"),
+    )
+    .await;
+    t.print(
+        "9. A double-clicked \"Pay\" charges once",
+        &format!(
+            "The first click claims the key `order-1042` and charges the card; the second \
+             click waits for that answer and gets the same one, marked Idempotent-Replayed, \
+             as does the reload. The same key with another amount is a bug: 422. Card \
+             charged {} time(s).",
+            charges.load(Ordering::SeqCst)
+        ),
+    );
+}
+
 fn main() {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -633,6 +757,7 @@ fn main() {
         inner_error(&journal).await;
         circuit_breaker(&journal).await;
         flood(&journal).await;
+        double_click(&journal).await;
         println!(
             "\nHere a journal observer collected the decisions for the tables. By default each one \
              is a `tracing` event with the fields layer, name, outcome (and key, state, \
