@@ -225,3 +225,57 @@ async fn an_open_breaker_answers_503_with_retry_after() {
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(handle.state(), State::Closed);
 }
+
+/// Idempotency through `Router::layer`: replay, 409 while in flight, 422 on reuse, 400
+/// without a key, all as problem+json from the edge adapter.
+#[tokio::test(start_paused = true)]
+async fn idempotency_answers_through_an_axum_router() {
+    use axum::routing::post;
+    use tower_parapet::idempotency::IdempotencyLayer;
+
+    let charges = Arc::new(AtomicU32::new(0));
+    let c = charges.clone();
+    let app = Router::new()
+        .route(
+            "/pay",
+            post(move |amount: String| {
+                let n = c.fetch_add(1, Ordering::SeqCst) + 1;
+                async move {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    (StatusCode::CREATED, format!("charge {n}: {amount}"))
+                }
+            }),
+        )
+        .layer(
+            ServiceBuilder::new()
+                .layer(RejectionResponseLayer::new())
+                .layer(IdempotencyLayer::new().required(true)),
+        );
+    let pay = |key: Option<&str>, amount: &str| {
+        let mut req = Request::post("/pay");
+        if let Some(key) = key {
+            req = req.header("idempotency-key", key);
+        }
+        req.body(Body::from(amount.to_owned())).unwrap()
+    };
+
+    let first = tokio::spawn(app.clone().oneshot(pay(Some("k1"), "10")));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let busy = app.clone().oneshot(pay(Some("k1"), "10")).await.unwrap();
+    assert_eq!(busy.status(), StatusCode::CONFLICT);
+    assert_eq!(busy.headers()["content-type"], "application/problem+json");
+    let first = first.await.unwrap().unwrap();
+    assert_eq!(first.status(), StatusCode::CREATED);
+    assert_eq!(body(first).await, "charge 1: 10");
+
+    let replay = app.clone().oneshot(pay(Some("k1"), "10")).await.unwrap();
+    assert_eq!(replay.status(), StatusCode::CREATED);
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    assert_eq!(body(replay).await, "charge 1: 10");
+
+    let reused = app.clone().oneshot(pay(Some("k1"), "99")).await.unwrap();
+    assert_eq!(reused.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let missing = app.clone().oneshot(pay(None, "10")).await.unwrap();
+    assert_eq!(missing.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(charges.load(Ordering::SeqCst), 1);
+}
