@@ -684,3 +684,103 @@ async fn a_config_built_layer_honours_its_header_and_methods() {
     send(&svc, pay(None, "1")).await.unwrap();
     assert_eq!(charges.count.load(Ordering::SeqCst), 2);
 }
+
+// ---- services that are not HTTP -------------------------------------------------------
+
+mod values {
+    use super::*;
+    use tower_parapet::idempotency::codec;
+    use tower_parapet::key::KeyError;
+
+    /// A message with its key in a field, as a gRPC message or a queue job would carry it.
+    #[derive(Debug, Clone)]
+    struct Transfer {
+        key: Option<String>,
+        cents: u64,
+    }
+
+    fn transfers() -> (
+        impl Service<Transfer, Response = String, Error = BoxError, Future: Send> + Clone,
+        Arc<AtomicUsize>,
+        Events,
+    ) {
+        let moved = Arc::new(AtomicUsize::new(0));
+        let m = moved.clone();
+        let (layer, events) = layer();
+        let layer = layer
+            .conflict(Conflict::Wait(Duration::from_secs(5)))
+            .key(tower_parapet::key::from_fn(|t: &Transfer| {
+                t.key.clone().ok_or(KeyError::Missing)
+            }))
+            .values(codec(
+                |t: &Transfer| t.cents.to_be_bytes().to_vec(),
+                // Receipts of "rejected" transfers are not kept: a retry runs again.
+                |receipt: &String| {
+                    (!receipt.starts_with("rejected")).then(|| Bytes::from(receipt.clone()))
+                },
+                |stored: &Bytes| Ok(String::from_utf8(stored.to_vec())?),
+            ));
+        let svc = layer.layer(tower::service_fn(move |t: Transfer| {
+            let m = m.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if t.cents == 0 {
+                    return Ok::<_, BoxError>("rejected: nothing to move".to_owned());
+                }
+                let n = m.fetch_add(1, Ordering::SeqCst) + 1;
+                Ok(format!("transfer #{n}: {} cents", t.cents))
+            }
+        }));
+        (svc, moved, events)
+    }
+
+    fn transfer(key: Option<&str>, cents: u64) -> Transfer {
+        Transfer {
+            key: key.map(str::to_owned),
+            cents,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_duplicates_move_money_once() {
+        let (svc, moved, events) = transfers();
+        let tasks: Vec<_> = (0..100)
+            .map(|_| tokio::spawn(svc.clone().oneshot(transfer(Some("t-1"), 500))))
+            .collect();
+        for t in tasks {
+            assert_eq!(t.await.unwrap().unwrap(), "transfer #1: 500 cents");
+        }
+        assert_eq!(moved.load(Ordering::SeqCst), 1);
+        let events = events.lock().unwrap();
+        assert_eq!(events.iter().filter(|e| *e == "stored").count(), 1);
+        assert_eq!(events.iter().filter(|e| *e == "replayed").count(), 99);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn another_payload_with_the_same_key_is_refused() {
+        let (svc, moved, _) = transfers();
+        svc.clone()
+            .oneshot(transfer(Some("t-1"), 500))
+            .await
+            .unwrap();
+        let err = svc
+            .oneshot(transfer(Some("t-1"), 50_000))
+            .await
+            .unwrap_err();
+        assert_eq!(kind(&err), RejectionKind::IdempotencyMismatch);
+        assert_eq!(moved.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unkept_answers_and_unkeyed_requests_run_each_time() {
+        let (svc, _, events) = transfers();
+        for _ in 0..2 {
+            let answer = svc.clone().oneshot(transfer(Some("t-0"), 0)).await.unwrap();
+            assert_eq!(answer, "rejected: nothing to move");
+        }
+        for _ in 0..2 {
+            svc.clone().oneshot(transfer(None, 10)).await.unwrap();
+        }
+        assert_eq!(*events.lock().unwrap(), ["released", "released"]);
+    }
+}

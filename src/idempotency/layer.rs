@@ -115,13 +115,18 @@ impl Settings {
 /// Makes retries of a request with the same `Idempotency-Key` safe; see the
 /// [module docs](super).
 #[derive(Clone)]
-pub struct IdempotencyLayer<K = IdempotencyKeyHeader, P = Global> {
+pub struct IdempotencyLayer<K = IdempotencyKeyHeader, P = Global, M = Http> {
     key: K,
     principal: P,
+    medium: M,
     settings: Arc<Settings>,
 }
 
-impl<K: fmt::Debug, P: fmt::Debug> fmt::Debug for IdempotencyLayer<K, P> {
+/// The layer's medium: HTTP requests and responses (the default).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Http;
+
+impl<K: fmt::Debug, P: fmt::Debug, M> fmt::Debug for IdempotencyLayer<K, P, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("IdempotencyLayer")
             .field("key", &self.key)
@@ -146,6 +151,7 @@ impl IdempotencyLayer {
         IdempotencyLayer {
             key: IdempotencyKeyHeader::default(),
             principal: Global,
+            medium: Http,
             settings: Arc::new(Settings {
                 name: "idempotency".into(),
                 methods: vec![Method::POST, Method::PATCH],
@@ -166,7 +172,7 @@ impl IdempotencyLayer {
     }
 }
 
-impl<K, P> IdempotencyLayer<K, P> {
+impl<K, P, M> IdempotencyLayer<K, P, M> {
     fn settings(&mut self) -> &mut Settings {
         Arc::make_mut(&mut self.settings)
     }
@@ -175,10 +181,11 @@ impl<K, P> IdempotencyLayer<K, P> {
     /// ([`IdempotencyKeyHeader::new`]), gRPC metadata, or any
     /// [`KeyExtractor`] whose key is a `String`.
     #[must_use]
-    pub fn key<K2>(self, key: K2) -> IdempotencyLayer<K2, P> {
+    pub fn key<K2>(self, key: K2) -> IdempotencyLayer<K2, P, M> {
         IdempotencyLayer {
             key,
             principal: self.principal,
+            medium: self.medium,
             settings: self.settings,
         }
     }
@@ -187,10 +194,27 @@ impl<K, P> IdempotencyLayer<K, P> {
     /// another's response with the same key. A request whose principal cannot be read is
     /// scoped as anonymous. Default: no principal (all callers share one scope).
     #[must_use]
-    pub fn principal<P2>(self, principal: P2) -> IdempotencyLayer<K, P2> {
+    pub fn principal<P2>(self, principal: P2) -> IdempotencyLayer<K, P2, M> {
         IdempotencyLayer {
             key: self.key,
             principal,
+            medium: self.medium,
+            settings: self.settings,
+        }
+    }
+
+    /// Guard a service that is not HTTP: its requests and responses are any values, and
+    /// `codec` says how to fingerprint a request and store a response as bytes (e.g. with
+    /// `prost`). Set the key with [`key`](Self::key) (a [`KeyExtractor`] reading, say, a
+    /// message field). Every request with a key is guarded (no method filter); a replay
+    /// is the decoded response (there is no header to mark it: the
+    /// [`IdempotencyReplayed`](crate::observe::Event::IdempotencyReplayed) event does).
+    #[must_use]
+    pub fn values<C>(self, codec: C) -> IdempotencyLayer<K, P, super::Values<C>> {
+        IdempotencyLayer {
+            key: self.key,
+            principal: self.principal,
+            medium: super::Values(codec),
             settings: self.settings,
         }
     }
@@ -318,14 +342,15 @@ impl<K, P> IdempotencyLayer<K, P> {
     }
 }
 
-impl<S, K: Clone, P: Clone> Layer<S> for IdempotencyLayer<K, P> {
-    type Service = Idempotency<S, K, P>;
+impl<S, K: Clone, P: Clone, M: Clone> Layer<S> for IdempotencyLayer<K, P, M> {
+    type Service = Idempotency<S, K, P, M>;
 
     fn layer(&self, inner: S) -> Self::Service {
         Idempotency {
             inner,
             key: self.key.clone(),
             principal: self.principal.clone(),
+            medium: self.medium.clone(),
             settings: self.settings.clone(),
         }
     }
@@ -333,14 +358,15 @@ impl<S, K: Clone, P: Clone> Layer<S> for IdempotencyLayer<K, P> {
 
 /// The service of [`IdempotencyLayer`].
 #[derive(Clone)]
-pub struct Idempotency<S, K = IdempotencyKeyHeader, P = Global> {
-    inner: S,
-    key: K,
-    principal: P,
-    settings: Arc<Settings>,
+pub struct Idempotency<S, K = IdempotencyKeyHeader, P = Global, M = Http> {
+    pub(super) inner: S,
+    pub(super) key: K,
+    pub(super) principal: P,
+    pub(super) medium: M,
+    pub(super) settings: Arc<Settings>,
 }
 
-impl<S: fmt::Debug, K, P> fmt::Debug for Idempotency<S, K, P> {
+impl<S: fmt::Debug, K, P, M> fmt::Debug for Idempotency<S, K, P, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Idempotency")
             .field("inner", &self.inner)
@@ -349,7 +375,7 @@ impl<S: fmt::Debug, K, P> fmt::Debug for Idempotency<S, K, P> {
     }
 }
 
-impl<S, K, P> Idempotency<S, K, P> {
+impl<S, K, P, M> Idempotency<S, K, P, M> {
     /// The inner service.
     pub fn get_ref(&self) -> &S {
         &self.inner
@@ -366,6 +392,48 @@ impl<S, K, P> Idempotency<S, K, P> {
     }
 }
 
+/// What the key (and principal) of a request say.
+pub(super) enum KeyRead {
+    /// Guard the request under this key and principal.
+    Key { key: String, principal: String },
+    /// Let it through unguarded.
+    Pass,
+    /// Refuse it.
+    Refuse(Rejection),
+}
+
+/// Read the key: a missing optional key passes; a missing required or malformed key is
+/// refused (in shadow mode: reported and passed).
+pub(super) fn read_key<Req, K, P>(
+    key: &K,
+    principal: &P,
+    req: &Req,
+    settings: &Settings,
+    shadow: bool,
+) -> KeyRead
+where
+    K: KeyExtractor<Req, Key = String>,
+    P: KeyExtractor<Req>,
+{
+    match key.extract(req) {
+        Ok(key) => KeyRead::Key {
+            key,
+            principal: principal
+                .extract(req)
+                .map_or_else(|_| String::new(), |p| format!("{p:?}")),
+        },
+        Err(KeyError::Missing) if !settings.required => KeyRead::Pass,
+        Err(err) => {
+            let rejection = settings.rejected(None, invalid_key(&err), shadow);
+            if shadow {
+                KeyRead::Pass
+            } else {
+                KeyRead::Refuse(rejection)
+            }
+        }
+    }
+}
+
 fn invalid_key(err: &KeyError) -> Rejection {
     match err {
         KeyError::Missing => Rejection::idempotency_key_missing(),
@@ -374,7 +442,7 @@ fn invalid_key(err: &KeyError) -> Rejection {
     }
 }
 
-impl<S, K, P, B, RB> Service<Request<B>> for Idempotency<S, K, P>
+impl<S, K, P, B, RB> Service<Request<B>> for Idempotency<S, K, P, Http>
 where
     S: Service<Request<B>, Response = Response<RB>> + Clone + Send + 'static,
     S::Future: Send + 'static,
@@ -401,22 +469,10 @@ where
             return ResponseFuture::passthrough(self.inner.call(req));
         }
         let shadow = mode == Mode::Shadow;
-        let key = match self.key.extract(&req) {
-            Ok(key) => key,
-            Err(KeyError::Missing) if !settings.required => {
-                return ResponseFuture::passthrough(self.inner.call(req));
-            }
-            Err(err) => {
-                let rejection = settings.rejected(None, invalid_key(&err), shadow);
-                if shadow {
-                    return ResponseFuture::passthrough(self.inner.call(req));
-                }
-                return ResponseFuture::rejected(rejection);
-            }
-        };
-        let principal = match self.principal.extract(&req) {
-            Ok(p) => format!("{p:?}"),
-            Err(_) => String::new(),
+        let (key, principal) = match read_key(&self.key, &self.principal, &req, settings, shadow) {
+            KeyRead::Key { key, principal } => (key, principal),
+            KeyRead::Pass => return ResponseFuture::passthrough(self.inner.call(req)),
+            KeyRead::Refuse(rejection) => return ResponseFuture::rejected(rejection),
         };
         let record = RecordKey::new(&principal, req.method().as_str(), req.uri().path(), &key);
         // The service that was polled ready goes into the future; a clone stays.
@@ -433,17 +489,27 @@ where
 }
 
 /// One keyed request.
-struct Run {
-    settings: Arc<Settings>,
-    key: String,
-    record: RecordKey,
-    shadow: bool,
+pub(super) struct Run {
+    pub(super) settings: Arc<Settings>,
+    pub(super) key: String,
+    pub(super) record: RecordKey,
+    pub(super) shadow: bool,
+}
+
+/// What the claim decided.
+pub(super) enum Phase {
+    /// The key is ours: run the request.
+    Run(ClaimToken),
+    /// The same request finished: replay its record.
+    Replay(Arc<Record>),
+    /// Refuse (or, in shadow mode, report and run).
+    Refuse(Rejection),
 }
 
 type Answer<RB> = Result<Response<IdempotentBody<RB>>, BoxError>;
 
 impl Run {
-    fn reject<RB>(&self, rejection: Rejection) -> Answer<RB> {
+    pub(super) fn reject<T>(&self, rejection: Rejection) -> Result<T, BoxError> {
         Err(self
             .settings
             .rejected(Some(&self.key), rejection, self.shadow)
@@ -477,17 +543,29 @@ impl Run {
         };
         let fingerprint = fingerprint(&parts, &bytes, &s.fingerprint_headers);
         let req = Request::from_parts(parts, B::from(bytes));
+        match self.claim(fingerprint).await? {
+            Phase::Run(token) => self.execute(inner, req, token, fingerprint).await,
+            Phase::Replay(_) if self.shadow => Self::plain(inner, req).await,
+            Phase::Replay(record) => Ok(replay(&record.response, true)),
+            Phase::Refuse(refusal) if self.shadow => {
+                let _ = self.reject::<RB>(refusal);
+                Self::plain(inner, req).await
+            }
+            Phase::Refuse(refusal) => self.reject(refusal),
+        }
+    }
+
+    /// Claim the key, waiting for a holder if so configured: run, replay, or refuse.
+    pub(super) async fn claim(&self, fingerprint: Fingerprint) -> Result<Phase, BoxError> {
+        let s = &self.settings;
         let wait_until = match s.conflict {
             Conflict::Wait(max) => Some(s.clock.now() + max),
             Conflict::Reject => None,
         };
         let mut waited = false;
         loop {
-            let claim = s.store.claim(&self.record, fingerprint, s.lease).await?;
-            let refusal = match claim {
-                Claim::Acquired(token) => {
-                    return self.execute(inner, req, token, fingerprint).await;
-                }
+            let refusal = match s.store.claim(&self.record, fingerprint, s.lease).await? {
+                Claim::Acquired(token) => return Ok(Phase::Run(token)),
                 Claim::Done {
                     same_request: true,
                     record,
@@ -497,10 +575,7 @@ impl Run {
                         key: &self.key,
                         waited,
                     });
-                    if self.shadow {
-                        return Self::plain(inner, req).await;
-                    }
-                    return Ok(replay(&record.response, true));
+                    return Ok(Phase::Replay(record));
                 }
                 Claim::Done { .. }
                 | Claim::InFlight {
@@ -519,11 +594,7 @@ impl Run {
                 },
                 Claim::Full => Rejection::overloaded(None),
             };
-            if self.shadow {
-                let _ = self.reject::<RB>(refusal);
-                return Self::plain(inner, req).await;
-            }
-            return self.reject(refusal);
+            return Ok(Phase::Refuse(refusal));
         }
     }
 
@@ -591,6 +662,16 @@ impl Run {
         });
         guard.armed = false;
         let answer = replay(&record.response, false);
+        self.keep(token, record).await;
+        Ok(answer)
+    }
+}
+
+impl Run {
+    /// Turn the claim `token` into a stored `record`; report what became of it. Whatever
+    /// happens, the client gets the handler's answer.
+    pub(super) async fn keep(&self, token: ClaimToken, record: Arc<Record>) {
+        let s = &self.settings;
         let bytes = record.response.weight();
         match s
             .store
@@ -608,7 +689,6 @@ impl Run {
                 reason: "the claim's lease ran out before the response was stored",
             }),
             Err(_) => {
-                // The handler ran: the client gets its answer; the key is freed.
                 s.store.release(&self.record, token);
                 s.observer.emit(&Event::IdempotencyReleased {
                     name: &s.name,
@@ -617,20 +697,19 @@ impl Run {
                 });
             }
         }
-        Ok(answer)
     }
 }
 
 /// Frees the claim unless the request stored its response: on failure, on a response
 /// that is not stored, and when the future is dropped or the handler panics.
-struct ClaimGuard<'a> {
-    run: &'a Run,
-    token: ClaimToken,
-    armed: bool,
+pub(super) struct ClaimGuard<'a> {
+    pub(super) run: &'a Run,
+    pub(super) token: ClaimToken,
+    pub(super) armed: bool,
 }
 
 impl ClaimGuard<'_> {
-    fn release(&mut self, reason: &'static str) {
+    pub(super) fn release(&mut self, reason: &'static str) {
         if self.armed {
             self.armed = false;
             let s = &self.run.settings;

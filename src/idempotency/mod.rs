@@ -44,6 +44,11 @@
 //! | same key, different request (method, path, query, chosen headers, body) | `422` ([`Rejection::IdempotencyMismatch`](crate::Rejection::IdempotencyMismatch)) |
 //! | too many claims in flight | `503` ([`Rejection::Overloaded`](crate::Rejection::Overloaded)) |
 //!
+//! Services that are not HTTP (any request and response values) use
+//! [`IdempotencyLayer::values`] with a [`ValueCodec`] that fingerprints a request and
+//! stores a response as bytes, and a key read from the request (a message field) by any
+//! [`KeyExtractor`](crate::key::KeyExtractor).
+//!
 //! gRPC (through [`RejectionResponseLayer`](crate::http::RejectionResponseLayer)):
 //! `INVALID_ARGUMENT`, `ABORTED` for a key in flight, `FAILED_PRECONDITION` for a
 //! mismatch, `RESOURCE_EXHAUSTED` for a body too large. gRPC metadata is a header at this
@@ -86,12 +91,14 @@ mod config;
 mod key;
 mod layer;
 mod store;
+mod values;
 
 pub use body::IdempotentBody;
 pub use config::IdempotencyConfig;
 pub use key::{DEFAULT_MAX_KEY_LEN, IdempotencyKeyHeader};
-pub use layer::{Conflict, Idempotency, IdempotencyLayer, ResponseFuture, StorePredicate};
+pub use layer::{Conflict, Http, Idempotency, IdempotencyLayer, ResponseFuture, StorePredicate};
 pub use store::{
     Claim, ClaimToken, Fingerprint, IdempotencyStore, MemoryStore, Record, RecordKey, StoreError,
     StoredResponse,
 };
+pub use values::{FnCodec, ValueCodec, ValueFuture, Values, codec};
