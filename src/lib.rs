@@ -15,6 +15,7 @@
 //! | rate limit | what if someone sends 10 000 requests? (global or per client IP, API key, route) | [`rate_limit`] |
 //! | idempotency | what if the user double-clicks Pay? (replay, in-flight claims, conflicts) | [`idempotency`] (feature `http`) |
 //! | edge adapter | how does a refusal reach the client? | [`http`] (feature `http`) |
+//! | logging | what happened to each request, and why? (span, request id, outcome) | [`logging`] (feature `http`) |
 //!
 //! Feature flags, retries, bulkheads and
 //! caching build on the same shared core and arrive as their own modules.
@@ -36,11 +37,27 @@
 //! - [`config`]: config structs derive `serde`, take durations as `"250ms"`-style
 //!   strings and validate themselves into layers (`build() -> Result<_, ConfigError>`).
 //!
+//! # Metrics
+//! With the `metrics` feature, the default observer of every layer also records through
+//! the [`metrics`](https://docs.rs/metrics) facade (install any recorder, e.g.
+//! `metrics-exporter-prometheus`), and the [`logging`] layer counts requests. Labels are
+//! bounded: layer names you chose, kinds, outcomes, route templates — never a raw path,
+//! IP, key or user.
+//!
+//! | metric | kind | labels |
+//! |---|---|---|
+//! | `parapet_events_total` | counter | `layer`, `name`, `outcome` (every [`observe::Event`]) |
+//! | `parapet_rejections_total` | counter | `layer`, `name`, `kind` (enforced refusals) |
+//! | `parapet_circuit_breaker_state` | gauge | `name` (0 closed, 1 open, 2 half-open, 3 disabled, 4 forced open, 5 metrics-only) |
+//! | `parapet_fallbacks_total` | counter | `name`, `source`, `trigger` |
+//! | `parapet_requests_total` | counter | `method`, `route`, `status`, `outcome` |
+//! | `parapet_request_duration_seconds` | histogram | `method`, `route`, `outcome` |
+//!
 //! # Ordering
 //! The first layer added to a `ServiceBuilder` sees the request first. The recommended
 //! server stack, outermost first:
 //!
-//! 1. logging,
+//! 1. [`logging::LoggingLayer`] — sees every answer, refusals included,
 //! 2. [`http::RejectionResponseLayer`] — everything below may refuse; this turns refusals
 //!    into responses, so the stack needs no `HandleErrorLayer`,
 //! 3. [`RateLimitLayer`], feature gate, idempotency (refuse cheaply, before any work),
@@ -79,6 +96,7 @@
 //! | `axum` | | `IntoResponse` for [`Rejection`] |
 //! | `tonic` | | `From<Rejection> for tonic::Status`, [`grpc::status_from_error`] |
 //! | `test-util` | | [`clock::ManualClock`] to test configurations |
+//! | `metrics` | | metrics through the `metrics` facade (see [Metrics](#metrics)) |
 //! | `full` | | all of the above |
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -98,6 +116,11 @@ pub mod http;
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod idempotency;
 pub mod key;
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub mod logging;
+#[cfg(feature = "metrics")]
+mod metrics_observer;
 pub mod mode;
 pub mod observe;
 mod parse;

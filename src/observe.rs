@@ -15,7 +15,9 @@
 //!
 //! plus fields particular to the event (`after_ms`, `source`, `trigger`, `header`). With
 //! no `tracing` subscriber installed this costs a relaxed atomic load per event; `()` is an
-//! observer that does nothing at all. Closures `Fn(&Event<'_>)` are observers, and a pair
+//! observer that does nothing at all. With the `metrics` feature the default observer is
+//! the pair `(TracingObserver, MetricsObserver)`: it also counts every event (see the crate
+//! docs' metrics table). Closures `Fn(&Event<'_>)` are observers, and a pair
 //! `(A, B)` reports to both.
 //!
 //! ```
@@ -40,6 +42,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::RejectionKind;
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub use crate::metrics_observer::MetricsObserver;
 
 /// One decision of one layer.
 #[derive(Debug, Clone, Copy)]
@@ -643,6 +648,9 @@ impl SharedObserver {
 
 impl Default for SharedObserver {
     fn default() -> Self {
+        #[cfg(feature = "metrics")]
+        return SharedObserver::new((TracingObserver::default(), MetricsObserver::default()));
+        #[cfg(not(feature = "metrics"))]
         SharedObserver::new(TracingObserver::default())
     }
 }

@@ -144,6 +144,8 @@ where
         if let Ok(value) = HeaderValue::from_str(source) {
             res.headers_mut().insert(self.name.clone(), value);
         }
+        res.extensions_mut()
+            .insert(crate::http::Verdict::Fallback(source));
     }
 }
 

@@ -234,7 +234,12 @@ where
             },
             StateProj::NotReady { err } => err.take().expect("polled after completion"),
         };
-        let answer = answer_error(&err, *this.grpc, this.shared);
+        let mut answer = answer_error(&err, *this.grpc, this.shared);
+        let verdict = match Rejection::from_box(&err) {
+            Some(rejection) => super::Verdict::Rejected(rejection.kind()),
+            None => super::Verdict::InternalError,
+        };
+        answer.extensions_mut().insert(verdict);
         Poll::Ready(Ok(answer.map(ResponseBody::full)))
     }
 }

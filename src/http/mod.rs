@@ -42,8 +42,10 @@
 mod body;
 mod layer;
 mod response;
+mod verdict;
 
 pub use body::ResponseBody;
 pub use layer::{RejectionResponse, RejectionResponseLayer, ResponseFuture};
 pub use response::StatusMap;
 pub(crate) use response::rate_limit_fields;
+pub use verdict::Verdict;

@@ -743,6 +743,7 @@ fn replay<RB>(stored: &StoredResponse, replayed: bool) -> Response<IdempotentBod
             HeaderName::from_static("idempotent-replayed"),
             HeaderValue::from_static("true"),
         );
+        res.extensions_mut().insert(crate::http::Verdict::Replayed);
     }
     res
 }

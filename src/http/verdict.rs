@@ -1,0 +1,48 @@
+//! What parapet did with a request, left in the response's extensions.
+
+use crate::error::RejectionKind;
+
+/// What parapet did with a request, left in the HTTP response's extensions by the layer
+/// that decided it, for outer layers to read (the
+/// [`LoggingLayer`](crate::logging::LoggingLayer) logs it and counts it). A response
+/// without one was answered by the service itself.
+///
+/// | set by | verdict |
+/// |---|---|
+/// | [`RejectionResponseLayer`](super::RejectionResponseLayer), answering a rejection | [`Rejected`](Verdict::Rejected) with its kind |
+/// | [`RejectionResponseLayer`](super::RejectionResponseLayer), answering any other error | [`InternalError`](Verdict::InternalError) |
+/// | [`FallbackLayer`](crate::fallback::FallbackLayer) with [`HeaderMark`](crate::fallback::HeaderMark) | [`Fallback`](Verdict::Fallback) with its source |
+/// | [`IdempotencyLayer`](crate::idempotency::IdempotencyLayer), replaying | [`Replayed`](Verdict::Replayed) |
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Verdict {
+    /// A layer refused the request.
+    Rejected(RejectionKind),
+    /// A fallback answered, from this source (`"value"`, `"last_known_good"`, ...).
+    Fallback(&'static str),
+    /// A stored response was replayed for an idempotency key.
+    Replayed,
+    /// The service failed and the edge adapter answered 500.
+    InternalError,
+}
+
+impl Verdict {
+    /// `"rejected"`, `"fallback"`, `"replayed"` or `"internal_error"`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Rejected(_) => "rejected",
+            Verdict::Fallback(_) => "fallback",
+            Verdict::Replayed => "replayed",
+            Verdict::InternalError => "internal_error",
+        }
+    }
+
+    /// The rejection kind or the fallback source; empty for the others.
+    pub const fn detail(self) -> &'static str {
+        match self {
+            Verdict::Rejected(kind) => kind.as_str(),
+            Verdict::Fallback(source) => source,
+            Verdict::Replayed | Verdict::InternalError => "",
+        }
+    }
+}

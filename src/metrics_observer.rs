@@ -1,0 +1,82 @@
+//! The observer that turns events into `metrics` counters and gauges (feature `metrics`).
+
+use crate::observe::{Event, Observer};
+
+/// Records every [`Event`] through the `metrics` facade. Part of the default observer
+/// when the `metrics` feature is on; with no recorder installed it records nothing.
+///
+/// | metric | kind | labels | for |
+/// |---|---|---|---|
+/// | `parapet_events_total` | counter | `layer`, `name`, `outcome` | every event |
+/// | `parapet_rejections_total` | counter | `layer`, `name`, `kind` | every enforced refusal (not shadow ones) |
+/// | `parapet_circuit_breaker_state` | gauge | `name` | unkeyed breakers: 0 closed, 1 open, 2 half-open, 3 disabled, 4 forced open, 5 metrics-only |
+/// | `parapet_fallbacks_total` | counter | `name`, `source`, `trigger` | fallback answers |
+///
+/// `name` is the layer's configured name; no label ever holds a key, an IP or a user.
+/// The logging layer adds `parapet_requests_total` and
+/// `parapet_request_duration_seconds` (see [`logging`](crate::logging)).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MetricsObserver {
+    _priv: (),
+}
+
+fn state_code(state: crate::circuit_breaker::State) -> f64 {
+    use crate::circuit_breaker::State;
+    match state {
+        State::Closed => 0.0,
+        State::Open => 1.0,
+        State::HalfOpen => 2.0,
+        State::Disabled => 3.0,
+        State::ForcedOpen => 4.0,
+        State::MetricsOnly => 5.0,
+    }
+}
+
+impl Observer for MetricsObserver {
+    fn on_event(&self, event: &Event<'_>) {
+        let layer = event.layer();
+        let name = event.name().to_owned();
+        metrics::counter!(
+            "parapet_events_total",
+            "layer" => layer,
+            "name" => name.clone(),
+            "outcome" => event.outcome(),
+        )
+        .increment(1);
+        let rejected = |kind: &'static str| {
+            metrics::counter!(
+                "parapet_rejections_total",
+                "layer" => layer,
+                "name" => name.clone(),
+                "kind" => kind,
+            )
+            .increment(1);
+        };
+        match *event {
+            Event::TimedOut { shadow: false, .. } => rejected("timeout"),
+            Event::CircuitRejected { shadow: false, .. } => rejected("circuit_open"),
+            Event::RateLimited { shadow: false, .. } => rejected("rate_limited"),
+            Event::IdempotencyRejected {
+                shadow: false,
+                kind,
+                ..
+            } => rejected(kind.as_str()),
+            Event::CircuitStateChanged { key: None, to, .. } => {
+                metrics::gauge!("parapet_circuit_breaker_state", "name" => name.clone())
+                    .set(state_code(to));
+            }
+            Event::FallbackServed {
+                source, trigger, ..
+            } => {
+                metrics::counter!(
+                    "parapet_fallbacks_total",
+                    "name" => name.clone(),
+                    "source" => source,
+                    "trigger" => trigger.as_str(),
+                )
+                .increment(1);
+            }
+            _ => {}
+        }
+    }
+}
