@@ -21,18 +21,24 @@ use crate::http::Verdict;
 
 /// The request's id, in the request's extensions (set by [`LoggingLayer`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct RequestId(Arc<str>);
+pub struct RequestId(HeaderValue);
 
 impl RequestId {
     /// The id.
     pub fn as_str(&self) -> &str {
+        // Only visible ASCII ids are kept (checked or generated), so this never fails.
+        self.0.to_str().unwrap_or_default()
+    }
+
+    /// The id as a header value, to pass on to outgoing calls.
+    pub fn header_value(&self) -> &HeaderValue {
         &self.0
     }
 }
 
 impl fmt::Display for RequestId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
@@ -205,20 +211,29 @@ impl<S: fmt::Debug> fmt::Debug for Logging<S> {
 }
 
 /// A request id from the client, if it is sane: 1 to 128 visible ASCII characters.
-fn incoming_id(value: &HeaderValue) -> Option<&str> {
+fn incoming_id(value: &HeaderValue) -> Option<&HeaderValue> {
     let bytes = value.as_bytes();
     let sane =
         !bytes.is_empty() && bytes.len() <= 128 && bytes.iter().all(|b| (0x21..=0x7e).contains(b));
-    if sane { value.to_str().ok() } else { None }
+    sane.then_some(value)
 }
 
-/// 32 hex digits, different for every call in this process and across processes.
-fn new_id() -> String {
+/// 32 hex digits, different for every call in this process and across processes: one
+/// allocation, shared by every copy of the header value.
+fn new_id() -> HeaderValue {
     static SEED: OnceLock<RandomState> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let seed = SEED.get_or_init(RandomState::new);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("{:016x}{:016x}", seed.hash_one(n), seed.hash_one(!n))
+    let mut digits = Vec::with_capacity(32);
+    for word in [seed.hash_one(n), seed.hash_one(!n)] {
+        for shift in (0..16).rev() {
+            digits.push(HEX[((word >> (shift * 4)) & 0xf) as usize]);
+        }
+    }
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(digits))
+        .unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 /// A metrics-safe method: the standard ones, or `OTHER`.
@@ -282,14 +297,27 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let config = &self.config;
-        let id: Arc<str> = match req.headers().get(&config.header).and_then(incoming_id) {
-            Some(id) => id.into(),
-            None => new_id().into(),
+        let id = match req.headers().get(&config.header).and_then(incoming_id) {
+            Some(id) => id.clone(),
+            None => {
+                let id = new_id();
+                req.headers_mut().insert(config.header.clone(), id.clone());
+                id
+            }
         };
-        if let Ok(value) = HeaderValue::from_str(&id) {
-            req.headers_mut().insert(config.header.clone(), value);
-        }
         req.extensions_mut().insert(RequestId(id.clone()));
+        // Nothing to write to and nothing to count: only the id's work is done.
+        if !cfg!(feature = "metrics") && !tracing::dispatcher::has_been_set() {
+            return ResponseFuture {
+                inner: self.inner.call(req),
+                done: Done {
+                    span: Span::none(),
+                    start: None,
+                    info: None,
+                    id: Some((config.header.clone(), id)),
+                },
+            };
+        }
         let route = route_of(config, req.uri(), req.extensions());
         let headers = config
             .log_headers
@@ -301,7 +329,7 @@ where
             method = req.method().as_str(),
             route = route.as_deref().unwrap_or("unmatched"),
             path = req.uri().path(),
-            request_id = &*id,
+            request_id = id.to_str().unwrap_or_default(),
             status = field::Empty,
             latency_ms = field::Empty,
             outcome = field::Empty,
@@ -314,7 +342,8 @@ where
             inner: future,
             done: Done {
                 span,
-                start: Instant::now(),
+                start: Some(Instant::now()),
+                id: Some((self.config.header.clone(), id.clone())),
                 info: Some(Info {
                     config: self.config.clone(),
                     id,
@@ -330,7 +359,7 @@ where
 /// What the closing event needs.
 struct Info {
     config: Arc<Config>,
-    id: Arc<str>,
+    id: HeaderValue,
     method: &'static str,
     route: Option<String>,
     headers: Option<String>,
@@ -340,14 +369,22 @@ struct Info {
 /// future is dropped first.
 struct Done {
     span: Span,
-    start: Instant,
+    start: Option<Instant>,
     info: Option<Info>,
+    /// The header and id to set on the response.
+    id: Option<(HeaderName, HeaderValue)>,
+}
+
+impl Done {
+    fn latency(&self) -> std::time::Duration {
+        self.start.map(|s| s.elapsed()).unwrap_or_default()
+    }
 }
 
 impl Drop for Done {
     fn drop(&mut self) {
         if let Some(info) = self.info.take() {
-            let latency = self.start.elapsed();
+            let latency = self.latency();
             let level = info.config.levels.cancelled;
             close(
                 &self.span,
@@ -387,17 +424,20 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let result = {
+        let mut result = {
             let _entered = this.done.span.enter();
             ready!(this.inner.poll(cx))
         };
+        if let (Ok(res), Some((header, id))) = (&mut result, this.done.id.take()) {
+            res.headers_mut().insert(header, id);
+        }
         let Some(info) = this.done.info.take() else {
             return Poll::Ready(result);
         };
-        let latency = this.done.start.elapsed();
+        let latency = this.done.latency();
         let levels = &info.config.levels;
         match result {
-            Ok(mut res) => {
+            Ok(res) => {
                 let status = res.status();
                 let (level, outcome, detail) = match res.extensions().get::<Verdict>() {
                     Some(v @ Verdict::Rejected(_)) => (levels.rejected, v.as_str(), v.detail()),
@@ -408,9 +448,6 @@ where
                     None if status.is_client_error() => (levels.client_error, "admitted", ""),
                     None => (levels.admitted, "admitted", ""),
                 };
-                if let Ok(value) = HeaderValue::from_str(&info.id) {
-                    res.headers_mut().insert(info.config.header.clone(), value);
-                }
                 close(
                     &this.done.span,
                     &info,
@@ -468,7 +505,7 @@ fn close(
                 $lvl,
                 method = info.method,
                 route,
-                request_id = &*info.id,
+                request_id = info.id.to_str().unwrap_or_default(),
                 status,
                 latency_ms,
                 outcome,
@@ -515,7 +552,7 @@ mod tests {
     #[test]
     fn incoming_ids_must_be_sane() {
         let ok = HeaderValue::from_static("abc-123");
-        assert_eq!(incoming_id(&ok), Some("abc-123"));
+        assert_eq!(incoming_id(&ok), Some(&ok));
         for bad in ["", "has space", &"x".repeat(129)] {
             assert_eq!(
                 incoming_id(&HeaderValue::from_str(bad).unwrap()),
@@ -534,6 +571,7 @@ mod tests {
         let a = new_id();
         let b = new_id();
         assert_eq!(a.len(), 32);
+        assert!(a.as_bytes().iter().all(u8::is_ascii_hexdigit));
         assert_ne!(a, b);
     }
 
