@@ -90,6 +90,7 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod fallback;
+pub mod flags;
 pub mod grpc;
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
@@ -107,6 +108,7 @@ pub mod timeout;
 pub use circuit_breaker::CircuitBreakerLayer;
 pub use error::{BoxError, ConfigError, RateLimitInfo, Rejection, RejectionKind, RejectionKinds};
 pub use fallback::FallbackLayer;
+pub use flags::FeatureGateLayer;
 #[cfg(feature = "http")]
 pub use http::RejectionResponseLayer;
 #[cfg(feature = "http")]

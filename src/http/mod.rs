@@ -46,4 +46,5 @@ mod response;
 pub use body::ResponseBody;
 pub use layer::{RejectionResponse, RejectionResponseLayer, ResponseFuture};
 pub use response::StatusMap;
+pub(crate) use response::http_answer as answer_with_status;
 pub(crate) use response::rate_limit_fields;
