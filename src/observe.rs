@@ -374,8 +374,9 @@ impl Event<'_> {
             Event::RateLimited { .. }
             | Event::RateLimitDelayed { .. }
             | Event::RateLimitKeyEvicted { .. } => "rate_limit",
-            Event::FeatureGated { .. } | Event::FlagEvaluationFailed { .. } => "feature_gate",
-            Event::FlagChanged { .. }
+            Event::FeatureGated { .. } => "feature_gate",
+            Event::FlagEvaluationFailed { .. }
+            | Event::FlagChanged { .. }
             | Event::FlagSourceReloaded { .. }
             | Event::FlagSourceFailed { .. }
             | Event::ModeChanged { .. } => "flags",

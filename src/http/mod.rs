@@ -39,6 +39,9 @@
 //! # }
 //! ```
 
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+pub mod admin;
 mod body;
 mod layer;
 mod response;
