@@ -73,7 +73,7 @@ fn gate(c: &mut Criterion) {
 
     let mut rollout = FeatureGateLayer::new(&flags, "rollout")
         .observer(())
-        .targeting_key(by_user.clone())
+        .targeting_key(by_user)
         .layer(Echo);
     assert!(one_call(&mut rollout, user));
     group.bench_function("rollout_with_key", |b| {

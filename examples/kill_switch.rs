@@ -42,7 +42,8 @@ fn app(flags: &FlagStore, new_flow_errors: Arc<AtomicU32>) -> Router {
             (StatusCode::INTERNAL_SERVER_ERROR, "new checkout: crashed")
         }
     });
-    let classic: Router = Router::new().route("/checkout", get(|| async { "classic checkout: ok" }));
+    let classic: Router =
+        Router::new().route("/checkout", get(|| async { "classic checkout: ok" }));
     let gate = FeatureGateLayer::new(flags, "new-checkout")
         .targeting_key(key::Header::new(HeaderName::from_static("x-user-id")))
         .route_to(classic);
@@ -110,7 +111,11 @@ async fn main() {
     }
 
     println!("\n# The operator, without the token");
-    let (status, _) = send(&app, admin("POST", "/admin/flags/new-checkout/kill", None, "")).await;
+    let (status, _) = send(
+        &app,
+        admin("POST", "/admin/flags/new-checkout/kill", None, ""),
+    )
+    .await;
     println!("POST /admin/flags/new-checkout/kill -> {status}");
 
     println!("\n# The operator kills the flag");

@@ -14,9 +14,11 @@
 //! | circuit breaker | how do we stop hammering a dead dependency? | [`circuit_breaker`] |
 //! | rate limit | what if someone sends 10 000 requests? (global or per client IP, API key, route) | [`rate_limit`] |
 //! | idempotency | what if the user double-clicks Pay? (replay, in-flight claims, conflicts) | [`idempotency`] (feature `http`) |
+//! | feature gate | can I switch it off now, without a deploy? (kill switches, sticky percentage rollouts, targeting, flags from files, bound modes) | [`flags`] ([`FeatureGateLayer`]) |
 //! | edge adapter | how does a refusal reach the client? | [`http`] (feature `http`) |
+//! | admin router | who flips the switch, and who did? (flags, breakers, modes, behind a token) | [`http::admin`] (feature `axum`) |
 //!
-//! Feature flags, retries, bulkheads and
+//! Retries, bulkheads and
 //! caching build on the same shared core and arrive as their own modules.
 //!
 //! # The shared core
@@ -43,7 +45,8 @@
 //! 1. logging,
 //! 2. [`http::RejectionResponseLayer`] — everything below may refuse; this turns refusals
 //!    into responses, so the stack needs no `HandleErrorLayer`,
-//! 3. [`RateLimitLayer`], feature gate, idempotency (refuse cheaply, before any work),
+//! 3. [`RateLimitLayer`], [`FeatureGateLayer`], idempotency (refuse cheaply, before any
+//!    work),
 //! 4. [`fallback::FallbackLayer`] — outside the breaker and the timeout, so it answers for
 //!    an open circuit and a timeout alike,
 //! 5. retry, then [`circuit_breaker::CircuitBreakerLayer`] (one breaker per dependency),
@@ -76,7 +79,8 @@
 //! | feature | default | what it adds |
 //! |---|---|---|
 //! | `http` | yes | [`http`]: rejections as HTTP/gRPC responses; deadline headers; HTTP classifiers, keys (header, route, client IP behind proxies) and last-known-good snapshots; `RateLimit` fields on admitted responses |
-//! | `axum` | | `IntoResponse` for [`Rejection`] |
+//! | `flag-files` | yes | [`flags::FileSource`]: flags from JSON or TOML files, watched for changes (adds `toml` and tokio's `rt`) |
+//! | `axum` | | `IntoResponse` for [`Rejection`]; [`http::admin`], the flags admin router |
 //! | `tonic` | | `From<Rejection> for tonic::Status`, [`grpc::status_from_error`] |
 //! | `test-util` | | [`clock::ManualClock`] to test configurations |
 //! | `full` | | all of the above |

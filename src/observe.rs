@@ -795,7 +795,12 @@ impl Observer for TracingObserver {
                 target, action, by, ..
             } => emit!(level, event, target, action, by, "admin change"),
             Event::AdminDenied { path, .. } => {
-                emit!(level, event, path, "admin request without valid credentials")
+                emit!(
+                    level,
+                    event,
+                    path,
+                    "admin request without valid credentials"
+                )
             }
         }
     }

@@ -143,7 +143,10 @@ fn rollout_lands_within_one_percent_and_only_grows() {
             "{pct} %: {share:.2} % of 100 000 keys"
         );
         for (i, (was, is)) in previous.iter().zip(&now).enumerate() {
-            assert!(!was || *is, "user-{i} left the rollout when it grew to {pct} %");
+            assert!(
+                !was || *is,
+                "user-{i} left the rollout when it grew to {pct} %"
+            );
         }
         previous = now;
     }
@@ -283,7 +286,11 @@ async fn off_answers_route_respond_and_403() {
     let answered = FeatureGateLayer::new(&flags, "new-ui")
         .observer(())
         .respond_with(|d: &tower_parapet::flags::FlagDetails| {
-            if d.reason == Reason::Disabled { "coming soon" } else { "?" }
+            if d.reason == Reason::Disabled {
+                "coming soon"
+            } else {
+                "?"
+            }
         })
         .layer(feature());
     assert_eq!(answered.oneshot("q").await.unwrap(), "coming soon");
@@ -311,7 +318,10 @@ async fn shadow_reports_and_runs_off_skips() {
         .mode(mode.clone())
         .layer(feature());
     assert_eq!(svc.clone().oneshot("q").await.unwrap(), "new");
-    assert_eq!(events.take(), ["feature_gate:would_have_disabled f DISABLED"]);
+    assert_eq!(
+        events.take(),
+        ["feature_gate:would_have_disabled f DISABLED"]
+    );
     mode.set(Mode::Off);
     assert_eq!(svc.clone().oneshot("q").await.unwrap(), "new");
     assert!(events.take().is_empty());
@@ -365,11 +375,18 @@ async fn dropped_futures_leave_nothing_behind() {
         .route_to(slow.clone())
         .layer(slow);
     let fut = svc.ready().await.unwrap().call(());
-    assert!(fut.now_or_never().is_none(), "the feature is pending; dropped");
+    assert!(
+        fut.now_or_never().is_none(),
+        "the feature is pending; dropped"
+    );
     flags.kill("f").unwrap();
     let fut = svc.ready().await.unwrap().call(());
     drop(fut);
-    assert_eq!(dropped.load(Ordering::SeqCst), 2, "both inner futures dropped");
+    assert_eq!(
+        dropped.load(Ordering::SeqCst),
+        2,
+        "both inner futures dropped"
+    );
     // The gate keeps working.
     let answer = svc.ready().await.unwrap().call(());
     tokio::time::advance(Duration::from_secs(60)).await;
@@ -386,14 +403,18 @@ fn bad_config_errors_name_the_field() {
     let e = invalid(FlagDef::rollout(101));
     assert_eq!(e.field(), "rollout.percentage");
     assert!(e.to_string().contains("flag `f`"), "{e}");
-    let mut d = FlagDef::default();
-    d.on_variant = "missing".into();
+    let d = FlagDef {
+        on_variant: "missing".into(),
+        ..FlagDef::default()
+    };
     assert_eq!(invalid(d).field(), "on_variant");
-    let mut d = FlagDef::default();
-    d.rules = vec![Rule {
-        when: vec![],
-        serve: None,
-    }];
+    let d = FlagDef {
+        rules: vec![Rule {
+            when: vec![],
+            serve: None,
+        }],
+        ..FlagDef::default()
+    };
     assert_eq!(invalid(d).field(), "rules.when");
     let mut d = FlagDef::default();
     d.variants.clear();
@@ -446,7 +467,10 @@ async fn file_source_hot_reloads_and_keeps_the_last_good_flags() {
     let seen = events.take();
     let by_file = format!("flags:flag_changed checkout created by {}", path.display());
     assert!(seen.contains(&by_file), "{seen:?}");
-    assert!(seen.contains(&"flags:flags_reloaded".to_owned()), "{seen:?}");
+    assert!(
+        seen.contains(&"flags:flags_reloaded".to_owned()),
+        "{seen:?}"
+    );
 
     // Hot reload: the kill switch from the file, and a flag dropped from it.
     std::fs::write(&path, r#"{"flags": {"checkout": {"enabled": false}}}"#).unwrap();
@@ -520,7 +544,9 @@ fn a_rate_limiters_mode_follows_its_flag() {
     let limiter =
         tower_parapet::RateLimitLayer::new(tower_parapet::rate_limit::Quota::per_second(1));
     let mode = limiter.mode_handle();
-    flags.set("limiter-enforced", FlagDef::boolean(true)).unwrap();
+    flags
+        .set("limiter-enforced", FlagDef::boolean(true))
+        .unwrap();
     flags.bind_mode("limiter-enforced", mode.clone(), Mode::Shadow);
     assert_eq!(mode.get(), Mode::Enforce);
     flags.kill("limiter-enforced").unwrap();
@@ -533,8 +559,14 @@ fn a_rate_limiters_mode_follows_its_flag() {
         .unwrap();
     assert_eq!(mode.get(), Mode::Off);
     let seen = events.take();
-    assert!(seen.contains(&"flags:mode_changed enforce->shadow".to_owned()), "{seen:?}");
-    assert!(seen.contains(&"flags:mode_changed shadow->off".to_owned()), "{seen:?}");
+    assert!(
+        seen.contains(&"flags:mode_changed enforce->shadow".to_owned()),
+        "{seen:?}"
+    );
+    assert!(
+        seen.contains(&"flags:mode_changed shadow->off".to_owned()),
+        "{seen:?}"
+    );
     // A removed flag leaves the mode alone and says so.
     flags.remove("limiter-enforced").unwrap();
     assert_eq!(mode.get(), Mode::Off);
@@ -621,7 +653,13 @@ mod admin {
         events.take();
 
         let send = |r| app.clone().oneshot(r);
-        assert_eq!(send(req("GET", "/checkout", None, "")).await.unwrap().status(), 200);
+        assert_eq!(
+            send(req("GET", "/checkout", None, ""))
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
         for (method, path) in [
             ("GET", "/admin/flags"),
             ("POST", "/admin/flags/checkout/kill"),
@@ -635,7 +673,7 @@ mod admin {
                 .unwrap();
             assert_eq!(res.status(), 401, "{method} {path} with a wrong token");
         }
-        assert_eq!(flags.get("checkout").unwrap().enabled, true, "nothing changed");
+        assert!(flags.get("checkout").unwrap().enabled, "nothing changed");
         assert!(events.take().iter().all(|e| e == "admin:admin_denied"));
 
         let res = send(req("POST", "/admin/flags/checkout/kill", Some(TOKEN), ""))
@@ -654,7 +692,13 @@ mod admin {
             .await
             .unwrap();
         assert_eq!(res.status(), 200);
-        assert_eq!(send(req("GET", "/checkout", None, "")).await.unwrap().status(), 200);
+        assert_eq!(
+            send(req("GET", "/checkout", None, ""))
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
 
         let res = send(req(
             "PUT",
@@ -665,7 +709,10 @@ mod admin {
         .await
         .unwrap();
         assert_eq!(res.status(), 200);
-        assert_eq!(flags.get("checkout").unwrap().rollout.unwrap().percentage, 30);
+        assert_eq!(
+            flags.get("checkout").unwrap().rollout.unwrap().percentage,
+            30
+        );
         let res = send(req(
             "PUT",
             "/admin/flags/checkout/percentage",
@@ -685,11 +732,21 @@ mod admin {
         .unwrap();
         assert_eq!(res.status(), 422);
         assert!(text(res).await.contains("rollout.percentage"));
-        let res = send(req("PUT", "/admin/flags/beta", Some(TOKEN), r#"{"allow": ["alice"]}"#))
-            .await
-            .unwrap();
+        let res = send(req(
+            "PUT",
+            "/admin/flags/beta",
+            Some(TOKEN),
+            r#"{"allow": ["alice"]}"#,
+        ))
+        .await
+        .unwrap();
         assert_eq!(res.status(), 200);
-        let listed = text(send(req("GET", "/admin/flags", Some(TOKEN), "")).await.unwrap()).await;
+        let listed = text(
+            send(req("GET", "/admin/flags", Some(TOKEN), ""))
+                .await
+                .unwrap(),
+        )
+        .await;
         let doc: serde_json::Value = serde_json::from_str(&listed).unwrap();
         assert_eq!(doc["flags"]["beta"]["allow"][0], "alice");
         let res = send(req("POST", "/admin/flags/nope/kill", Some(TOKEN), ""))
@@ -699,14 +756,24 @@ mod admin {
         events.take();
 
         // Breakers and modes.
-        let res = send(req("POST", "/admin/breakers/payments/force_open", Some(TOKEN), ""))
-            .await
-            .unwrap();
+        let res = send(req(
+            "POST",
+            "/admin/breakers/payments/force_open",
+            Some(TOKEN),
+            "",
+        ))
+        .await
+        .unwrap();
         assert_eq!(res.status(), 200);
         assert_eq!(breaker.handle().state(), State::ForcedOpen);
-        let res = send(req("PUT", "/admin/modes/api", Some(TOKEN), r#"{"mode": "shadow"}"#))
-            .await
-            .unwrap();
+        let res = send(req(
+            "PUT",
+            "/admin/modes/api",
+            Some(TOKEN),
+            r#"{"mode": "shadow"}"#,
+        ))
+        .await
+        .unwrap();
         assert_eq!(res.status(), 200);
         assert_eq!(limiter.mode_handle().get(), Mode::Shadow);
         assert_eq!(
@@ -716,7 +783,12 @@ mod admin {
                 "admin:admin_changed mode/api shadow by ops-oncall"
             ]
         );
-        let layers = text(send(req("GET", "/admin/layers", Some(TOKEN), "")).await.unwrap()).await;
+        let layers = text(
+            send(req("GET", "/admin/layers", Some(TOKEN), ""))
+                .await
+                .unwrap(),
+        )
+        .await;
         let doc: serde_json::Value = serde_json::from_str(&layers).unwrap();
         assert_eq!(doc["breakers"]["payments"]["state"], "forced_open");
         assert_eq!(doc["rate_limiters"]["api"]["mode"], "shadow");

@@ -73,7 +73,11 @@ macro_rules! display_value {
 }
 display_value!(Arc<str>, Box<str>, IpAddr, u64, u32, i64, i32, usize);
 
-fn record(ctx: &mut EvalContext, result: Result<Cow<'static, str>, KeyError>, set: impl FnOnce(&mut EvalContext, Cow<'static, str>)) {
+fn record(
+    ctx: &mut EvalContext,
+    result: Result<Cow<'static, str>, KeyError>,
+    set: impl FnOnce(&mut EvalContext, Cow<'static, str>),
+) {
     match result {
         Ok(v) => set(ctx, v),
         Err(KeyError::Missing) => {}

@@ -323,7 +323,9 @@ mod tests {
         let mallory = EvalContext::new()
             .targeting_key("mallory")
             .attribute("plan", "beta");
-        let beta = EvalContext::new().targeting_key("bob").attribute("plan", "beta");
+        let beta = EvalContext::new()
+            .targeting_key("bob")
+            .attribute("plan", "beta");
         let other = EvalContext::new().targeting_key("bob");
         assert_eq!(eval(&def, &alice), (true.into(), Reason::TargetingMatch));
         assert_eq!(eval(&def, &mallory), (false.into(), Reason::TargetingMatch));
@@ -335,9 +337,11 @@ mod tests {
             eval(&FlagDef::default(), &other),
             (true.into(), Reason::Static)
         );
-        let mut only_rules = FlagDef::default();
-        only_rules.default_variant = "off".into();
-        only_rules.rules = def.rules.clone();
+        let only_rules = FlagDef {
+            default_variant: "off".into(),
+            rules: def.rules.clone(),
+            ..FlagDef::default()
+        };
         assert_eq!(eval(&only_rules, &other), (false.into(), Reason::Default));
     }
 
@@ -356,7 +360,12 @@ mod tests {
         assert_eq!(d.error_code, Some(ErrorCode::InvalidContext));
         // 0 % and 100 % need no key.
         let all = compile("f", &FlagDef::rollout(100)).unwrap();
-        let d = details("f", Some(&all), &EvalContext::new(), &FlagValue::Bool(false));
+        let d = details(
+            "f",
+            Some(&all),
+            &EvalContext::new(),
+            &FlagValue::Bool(false),
+        );
         assert_eq!((d.value, d.reason), (FlagValue::Bool(true), Reason::Split));
     }
 
@@ -371,6 +380,9 @@ mod tests {
         assert!(m("email", Op::Contains, "example"));
         assert!(m("email", Op::NotIn, "b@example.com"));
         assert!(m(TARGETING_KEY, Op::In, "user-7"));
-        assert!(!m("country", Op::NotIn, "NL"), "a missing attribute never matches");
+        assert!(
+            !m("country", Op::NotIn, "NL"),
+            "a missing attribute never matches"
+        );
     }
 }

@@ -123,10 +123,11 @@ impl FileSource {
             message,
         })?;
         for (name, def) in &set.flags {
-            def.validate(name).map_err(|source| FlagFileError::Invalid {
-                path: self.label.clone(),
-                source,
-            })?;
+            def.validate(name)
+                .map_err(|source| FlagFileError::Invalid {
+                    path: self.label.clone(),
+                    source,
+                })?;
         }
         Ok(set)
     }

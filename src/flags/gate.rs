@@ -72,7 +72,9 @@ impl<Req, Res> WhenOff<Req, Res> for Reject {
     }
 
     fn call(&mut self, _: Req, details: &FlagDetails) -> Self::Future {
-        ready(Err(Rejection::feature_disabled(details.flag.clone()).boxed()))
+        ready(Err(
+            Rejection::feature_disabled(details.flag.clone()).boxed()
+        ))
     }
 
     fn action(&self) -> GateAction {
@@ -479,7 +481,9 @@ impl Shared {
         }
         let code = match flag {
             None => ErrorCode::FlagNotFound,
-            Some(flag) => eval::resolve(flag, ctx).err().unwrap_or(ErrorCode::TypeMismatch),
+            Some(flag) => eval::resolve(flag, ctx)
+                .err()
+                .unwrap_or(ErrorCode::TypeMismatch),
         };
         self.failed(code)
     }

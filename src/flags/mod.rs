@@ -91,9 +91,9 @@ pub use eval::{ErrorCode, EvalContext, FlagDetails, Reason, TARGETING_KEY};
 #[cfg_attr(docsrs, doc(cfg(feature = "flag-files")))]
 pub use file::{FileFormat, FileSource, FlagFileError};
 pub use gate::{
-    FeatureGate, FeatureGateConfig, FeatureGateLayer, GateAction, MapErr, Reject, Respond, ResponseFuture,
-    Route, WhenOff,
+    FeatureGate, FeatureGateConfig, FeatureGateLayer, GateAction, MapErr, Reject, Respond,
+    ResponseFuture, Route, WhenOff,
 };
-pub use model::{Clause, FlagDef, FlagSet, FlagValue, MAX_FLAG_NAME_LEN, Op, Rule, Rollout};
+pub use model::{Clause, FlagDef, FlagSet, FlagValue, MAX_FLAG_NAME_LEN, Op, Rollout, Rule};
 pub use murmur3::{bucket, murmur3_x86_32};
 pub use store::{FlagEditor, FlagError, FlagStore};

@@ -308,7 +308,10 @@ fn err(field: &'static str, flag: &str, reason: impl fmt::Display) -> ConfigErro
 
 pub(crate) fn check_name(name: &str) -> Result<(), ConfigError> {
     if name.is_empty() {
-        return Err(ConfigError::new("flag", "the flag's name must not be empty"));
+        return Err(ConfigError::new(
+            "flag",
+            "the flag's name must not be empty",
+        ));
     }
     if name.len() > MAX_FLAG_NAME_LEN {
         return Err(ConfigError::new(

@@ -34,7 +34,11 @@ impl Murmur3 {
     #[inline]
     fn block(&mut self, k: u32) {
         self.h ^= mix_block(k);
-        self.h = self.h.rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64);
+        self.h = self
+            .h
+            .rotate_left(13)
+            .wrapping_mul(5)
+            .wrapping_add(0xe654_6b64);
     }
 
     /// Feed more bytes.

@@ -244,7 +244,10 @@ impl FlagStore {
     /// as [`Event::FlagChanged`] with `by` set to `who`. The methods on `FlagStore`
     /// itself report `by = "api"`.
     pub fn by<'a>(&'a self, who: &'a str) -> FlagEditor<'a> {
-        FlagEditor { store: self, by: who }
+        FlagEditor {
+            store: self,
+            by: who,
+        }
     }
 
     /// Create or replace a flag.
@@ -362,7 +365,12 @@ impl FlagStore {
         let observer = self.inner.observer.clone();
         let follow = move |snapshot: &Snapshot| {
             let ctx = EvalContext::new();
-            let d = eval::details(&flag, snapshot.by_name(&flag), &ctx, &FlagValue::Bool(false));
+            let d = eval::details(
+                &flag,
+                snapshot.by_name(&flag),
+                &ctx,
+                &FlagValue::Bool(false),
+            );
             let target = match (&d.error_code, &d.value) {
                 (Some(_), _) => None,
                 (None, FlagValue::Bool(true)) => Some(Mode::Enforce),
@@ -378,9 +386,7 @@ impl FlagStore {
                 observer.emit(&Event::FlagEvaluationFailed {
                     name: &store_name,
                     flag: &flag,
-                    error: d
-                        .error_code
-                        .unwrap_or(super::eval::ErrorCode::TypeMismatch),
+                    error: d.error_code.unwrap_or(super::eval::ErrorCode::TypeMismatch),
                 });
                 return;
             };

@@ -173,7 +173,9 @@ impl AdminRouter {
     #[must_use]
     pub fn rate_limiter(mut self, name: impl Into<String>, handle: RateLimitHandle) -> Self {
         let name = name.into();
-        self.modes.entry(name.clone()).or_insert_with(|| handle.mode());
+        self.modes
+            .entry(name.clone())
+            .or_insert_with(|| handle.mode());
         self.limiters.insert(name, handle);
         self
     }
@@ -299,10 +301,8 @@ fn problem(status: StatusCode, detail: impl fmt::Display) -> Response {
         "detail": detail.to_string(),
     });
     let mut res = json(status, &doc);
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        crate::http::response::PROBLEM_JSON,
-    );
+    res.headers_mut()
+        .insert(header::CONTENT_TYPE, crate::http::response::PROBLEM_JSON);
     res
 }
 
@@ -326,11 +326,8 @@ async fn authorize(State(admin): AdminState, mut req: Request, next: Next) -> Re
     }
 }
 
-fn store(admin: &Admin) -> Result<&FlagStore, Response> {
-    admin
-        .flags
-        .as_ref()
-        .ok_or_else(|| problem(StatusCode::NOT_FOUND, "no flag store is registered"))
+fn no_store() -> Response {
+    problem(StatusCode::NOT_FOUND, "no flag store is registered")
 }
 
 fn flag_result(result: Result<(), FlagError>, store: &FlagStore, name: &str) -> Response {
@@ -352,16 +349,15 @@ fn who(req_principal: &Option<axum::Extension<Principal>>) -> &str {
 }
 
 async fn list_flags(State(admin): AdminState) -> Response {
-    match store(&admin) {
-        Ok(s) => json(StatusCode::OK, &serde_json::json!({ "flags": s.flags() })),
-        Err(res) => res,
+    match admin.flags.as_ref() {
+        Some(s) => json(StatusCode::OK, &serde_json::json!({ "flags": s.flags() })),
+        None => no_store(),
     }
 }
 
 async fn get_flag(State(admin): AdminState, Path(name): Path<String>) -> Response {
-    let s = match store(&admin) {
-        Ok(s) => s,
-        Err(res) => return res,
+    let Some(s) = admin.flags.as_ref() else {
+        return no_store();
     };
     match s.get(&name) {
         Some(def) => json(StatusCode::OK, &serde_json::json!(def)),
@@ -375,9 +371,8 @@ async fn put_flag(
     Path(name): Path<String>,
     body: Bytes,
 ) -> Response {
-    let s = match store(&admin) {
-        Ok(s) => s,
-        Err(res) => return res,
+    let Some(s) = admin.flags.as_ref() else {
+        return no_store();
     };
     let def: FlagDef = match serde_json::from_slice(&body) {
         Ok(def) => def,
@@ -391,9 +386,9 @@ async fn delete_flag(
     principal: Option<axum::Extension<Principal>>,
     Path(name): Path<String>,
 ) -> Response {
-    match store(&admin) {
-        Ok(s) => flag_result(s.by(who(&principal)).remove(&name), s, &name),
-        Err(res) => res,
+    match admin.flags.as_ref() {
+        Some(s) => flag_result(s.by(who(&principal)).remove(&name), s, &name),
+        None => no_store(),
     }
 }
 
@@ -402,9 +397,9 @@ async fn kill_flag(
     principal: Option<axum::Extension<Principal>>,
     Path(name): Path<String>,
 ) -> Response {
-    match store(&admin) {
-        Ok(s) => flag_result(s.by(who(&principal)).kill(&name), s, &name),
-        Err(res) => res,
+    match admin.flags.as_ref() {
+        Some(s) => flag_result(s.by(who(&principal)).kill(&name), s, &name),
+        None => no_store(),
     }
 }
 
@@ -413,9 +408,9 @@ async fn enable_flag(
     principal: Option<axum::Extension<Principal>>,
     Path(name): Path<String>,
 ) -> Response {
-    match store(&admin) {
-        Ok(s) => flag_result(s.by(who(&principal)).enable(&name), s, &name),
-        Err(res) => res,
+    match admin.flags.as_ref() {
+        Some(s) => flag_result(s.by(who(&principal)).enable(&name), s, &name),
+        None => no_store(),
     }
 }
 
@@ -431,9 +426,8 @@ async fn set_percentage(
     Path(name): Path<String>,
     body: Bytes,
 ) -> Response {
-    let s = match store(&admin) {
-        Ok(s) => s,
-        Err(res) => return res,
+    let Some(s) = admin.flags.as_ref() else {
+        return no_store();
     };
     let p: PercentageBody = match serde_json::from_slice(&body) {
         Ok(p) => p,
@@ -581,7 +575,8 @@ mod tests {
     #[test]
     fn tokens_compare_by_digest() {
         let mut auth = Auth::default();
-        auth.tokens.push(("ops".into(), digest(b"0123456789abcdef")));
+        auth.tokens
+            .push(("ops".into(), digest(b"0123456789abcdef")));
         let mut h = HeaderMap::new();
         assert_eq!(auth.principal(&h), None);
         h.insert(
