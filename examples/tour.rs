@@ -24,6 +24,7 @@ use tower::{BoxError, Service, ServiceBuilder, ServiceExt, service_fn};
 use tower_parapet::circuit_breaker::{CircuitBreakerLayer, SlidingWindow};
 use tower_parapet::classify::ServerErrorsAsFailures;
 use tower_parapet::fallback::{self, FallbackLayer, HeaderMark, LastKnownGood};
+use tower_parapet::flags::{FeatureGateLayer, FlagDef, FlagStore};
 use tower_parapet::http::RejectionResponseLayer;
 use tower_parapet::idempotency::{Conflict, IdempotencyLayer};
 use tower_parapet::key::{ClientIp, PeerAddr, Target};
@@ -95,6 +96,10 @@ impl Journal {
                     let key = key.map(|k| format!(" key={k:?}")).unwrap_or_default();
                     format!(" [{class}]{key} by {policy}, retry in {}", ms(retry_after))
                 }
+                Event::FlagChanged {
+                    flag, change, by, ..
+                } => format!(" `{flag}` {change} by {by}"),
+                Event::FeatureGated { flag, reason, .. } => format!(" `{flag}` ({reason})"),
                 _ => String::new(),
             };
             log.lock()
@@ -739,6 +744,75 @@ async fn double_click(journal: &Journal) {
     );
 }
 
+async fn kill_switch(journal: &Journal) {
+    // The new recommendations engine has a bug: it fails for every request. The classic
+    // one still works.
+    let new_engine = dependency(|_, _| async {
+        Ok(Response::builder()
+            .status(StatusCode::INTERNAL_SERVER_ERROR)
+            .body(Body::from("recommendations v2: index out of range"))
+            .unwrap())
+    });
+    let classic = dependency(|_, _| async { Ok(ok("recommendations v1: bestsellers")) });
+    let flags = FlagStore::with_observer("flags", journal.observer());
+    flags
+        .set("recommendations-v2", FlagDef::boolean(true))
+        .expect("a valid flag");
+    journal.take();
+    let mut svc: Stack = BoxCloneService::new(
+        ServiceBuilder::new()
+            .layer(RejectionResponseLayer::new().observer(journal.observer()))
+            .layer(
+                FeatureGateLayer::new(&flags, "recommendations-v2")
+                    .route_to(classic)
+                    .observer(journal.observer()),
+            )
+            .service(new_engine),
+    );
+    let mut t = Table::new();
+    for _ in 0..3 {
+        t.send(
+            &mut svc,
+            journal,
+            "GET /recommendations",
+            get("/recommendations"),
+        )
+        .await;
+        tokio::time::advance(Duration::from_secs(1)).await;
+    }
+    // The on-call engineer sees the 500s and flips the kill switch (here in code; in
+    // production through the admin router or the flags file).
+    let flipped = Instant::now();
+    flags
+        .by("oncall@example.com")
+        .kill("recommendations-v2")
+        .expect("the flag exists");
+    t.push(
+        flipped,
+        "(operator kills `recommendations-v2`)",
+        "-".into(),
+        "-".into(),
+        journal.take(),
+    );
+    for _ in 0..3 {
+        t.send(
+            &mut svc,
+            journal,
+            "GET /recommendations",
+            get("/recommendations"),
+        )
+        .await;
+        tokio::time::advance(Duration::from_secs(1)).await;
+    }
+    t.print(
+        "10. A buggy feature is switched off live",
+        "The new recommendations engine fails for everyone. The on-call engineer kills its \
+         flag: no deploy, no restart. The next request, and every one after it, is routed to \
+         the classic engine by the feature gate, which reads the flag lock-free on every \
+         request. The change is an event that says who made it.",
+    );
+}
+
 fn main() {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -758,6 +832,7 @@ fn main() {
         circuit_breaker(&journal).await;
         flood(&journal).await;
         double_click(&journal).await;
+        kill_switch(&journal).await;
         println!(
             "\nHere a journal observer collected the decisions for the tables. By default each one \
              is a `tracing` event with the fields layer, name, outcome (and key, state, \

@@ -14,10 +14,12 @@
 //! | circuit breaker | how do we stop hammering a dead dependency? | [`circuit_breaker`] |
 //! | rate limit | what if someone sends 10 000 requests? (global or per client IP, API key, route) | [`rate_limit`] |
 //! | idempotency | what if the user double-clicks Pay? (replay, in-flight claims, conflicts) | [`idempotency`] (feature `http`) |
+//! | feature gate | can I switch it off now, without a deploy? (kill switches, sticky percentage rollouts, targeting, flags from files, bound modes) | [`flags`] ([`FeatureGateLayer`]) |
 //! | edge adapter | how does a refusal reach the client? | [`http`] (feature `http`) |
 //! | logging | what happened to each request, and why? (span, request id, outcome) | [`logging`] (feature `http`) |
+//! | admin router | who flips the switch, and who did? (flags, breakers, modes, behind a token) | [`http::admin`] (feature `axum`) |
 //!
-//! Feature flags, retries, bulkheads and
+//! Retries, bulkheads and
 //! caching build on the same shared core and arrive as their own modules.
 //!
 //! # The shared core
@@ -50,6 +52,7 @@
 //! | `parapet_rejections_total` | counter | `layer`, `name`, `kind` (enforced refusals) |
 //! | `parapet_circuit_breaker_state` | gauge | `name` (0 closed, 1 open, 2 half-open, 3 disabled, 4 forced open, 5 metrics-only) |
 //! | `parapet_fallbacks_total` | counter | `name`, `source`, `trigger` |
+//! | `parapet_flag_gated_total` | counter | `name`, `flag`, `reason` (OpenFeature reason) |
 //! | `parapet_requests_total` | counter | `method`, `route`, `status`, `outcome` |
 //! | `parapet_request_duration_seconds` | histogram | `method`, `route`, `outcome` |
 //!
@@ -60,7 +63,8 @@
 //! 1. [`logging::LoggingLayer`] — sees every answer, refusals included,
 //! 2. [`http::RejectionResponseLayer`] — everything below may refuse; this turns refusals
 //!    into responses, so the stack needs no `HandleErrorLayer`,
-//! 3. [`RateLimitLayer`], feature gate, idempotency (refuse cheaply, before any work),
+//! 3. [`RateLimitLayer`], [`FeatureGateLayer`], idempotency (refuse cheaply, before any
+//!    work),
 //! 4. [`fallback::FallbackLayer`] — outside the breaker and the timeout, so it answers for
 //!    an open circuit and a timeout alike,
 //! 5. retry, then [`circuit_breaker::CircuitBreakerLayer`] (one breaker per dependency),
@@ -93,7 +97,8 @@
 //! | feature | default | what it adds |
 //! |---|---|---|
 //! | `http` | yes | [`http`]: rejections as HTTP/gRPC responses; deadline headers; HTTP classifiers, keys (header, route, client IP behind proxies) and last-known-good snapshots; `RateLimit` fields on admitted responses |
-//! | `axum` | | `IntoResponse` for [`Rejection`] |
+//! | `flag-files` | yes | [`flags::FileSource`]: flags from JSON or TOML files, watched for changes (adds `toml` and tokio's `rt`) |
+//! | `axum` | | `IntoResponse` for [`Rejection`]; [`http::admin`], the flags admin router |
 //! | `tonic` | | `From<Rejection> for tonic::Status`, [`grpc::status_from_error`] |
 //! | `test-util` | | [`clock::ManualClock`] to test configurations |
 //! | `metrics` | | metrics through the `metrics` facade (see [Metrics](#metrics)) |
@@ -108,6 +113,7 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod fallback;
+pub mod flags;
 pub mod grpc;
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
@@ -130,6 +136,7 @@ pub mod timeout;
 pub use circuit_breaker::CircuitBreakerLayer;
 pub use error::{BoxError, ConfigError, RateLimitInfo, Rejection, RejectionKind, RejectionKinds};
 pub use fallback::FallbackLayer;
+pub use flags::FeatureGateLayer;
 #[cfg(feature = "http")]
 pub use http::RejectionResponseLayer;
 #[cfg(feature = "http")]

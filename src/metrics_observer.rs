@@ -11,6 +11,7 @@ use crate::observe::{Event, Observer};
 /// | `parapet_rejections_total` | counter | `layer`, `name`, `kind` | every enforced refusal (not shadow ones) |
 /// | `parapet_circuit_breaker_state` | gauge | `name` | unkeyed breakers: 0 closed, 1 open, 2 half-open, 3 disabled, 4 forced open, 5 metrics-only |
 /// | `parapet_fallbacks_total` | counter | `name`, `source`, `trigger` | fallback answers |
+/// | `parapet_flag_gated_total` | counter | `name`, `flag`, `reason` | requests a feature gate turned away (or would have) |
 ///
 /// `name` is the layer's configured name; no label ever holds a key, an IP or a user.
 /// The logging layer adds `parapet_requests_total` and
@@ -73,6 +74,23 @@ impl Observer for MetricsObserver {
                     "name" => name.clone(),
                     "source" => source,
                     "trigger" => trigger.as_str(),
+                )
+                .increment(1);
+            }
+            Event::FeatureGated {
+                flag,
+                reason,
+                shadow,
+                ..
+            } => {
+                if !shadow {
+                    rejected("feature_disabled");
+                }
+                metrics::counter!(
+                    "parapet_flag_gated_total",
+                    "name" => name.clone(),
+                    "flag" => flag.to_owned(),
+                    "reason" => reason.as_str(),
                 )
                 .increment(1);
             }

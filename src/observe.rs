@@ -6,7 +6,7 @@
 //!
 //! | field | meaning |
 //! |---|---|
-//! | `layer` | `"timeout"`, `"fallback"`, `"circuit_breaker"`, `"idempotency"`, `"http"`, ... ([`Event::layer`]) |
+//! | `layer` | `"timeout"`, `"fallback"`, `"circuit_breaker"`, `"idempotency"`, `"feature_gate"`, `"flags"`, `"admin"`, `"http"`, ... ([`Event::layer`]) |
 //! | `name` | the layer instance's configured name ([`Event::name`]) |
 //! | `outcome` | what was decided, e.g. `"timed_out"` ([`Event::outcome`]) |
 //! | `key` | the request's key, where the layer has one |
@@ -240,6 +240,92 @@ pub enum Event<'a> {
         /// The error, with its `source()` chain.
         error: &'a (dyn std::error::Error + 'static),
     },
+    /// A feature gate found its flag off and answered for the feature (rejected it,
+    /// answered with its configured response, or routed the request to the alternate
+    /// service); with `shadow` set the request reached the feature anyway.
+    FeatureGated {
+        /// The gate's name.
+        name: &'a str,
+        /// The flag.
+        flag: &'a str,
+        /// The variant served (`None` when the evaluation failed).
+        variant: Option<&'a str>,
+        /// Why the flag had that value.
+        reason: crate::flags::Reason,
+        /// What the gate did, or in shadow mode would have done.
+        action: crate::flags::GateAction,
+        /// Whether this was only reported (shadow mode).
+        shadow: bool,
+    },
+    /// A flag could not be evaluated (missing flag, bad context, wrong type): the caller's
+    /// default was used.
+    FlagEvaluationFailed {
+        /// The gate's or the flag store's name.
+        name: &'a str,
+        /// The flag.
+        flag: &'a str,
+        /// What went wrong.
+        error: crate::flags::ErrorCode,
+    },
+    /// A flag was created, changed, switched off or on, or removed.
+    FlagChanged {
+        /// The flag store's name.
+        name: &'a str,
+        /// The flag.
+        flag: &'a str,
+        /// `"created"`, `"updated"`, `"killed"`, `"enabled"` or `"removed"`.
+        change: &'static str,
+        /// Who made the change (an admin's principal, a file's path, `"api"`).
+        by: &'a str,
+    },
+    /// A flag source (a file) was read and its flags applied.
+    FlagSourceReloaded {
+        /// The flag store's name.
+        name: &'a str,
+        /// The source (the file's path).
+        source: &'a str,
+        /// How many flags it defines.
+        flags: usize,
+    },
+    /// A flag source could not be read or holds invalid flags: the last good flags stay.
+    FlagSourceFailed {
+        /// The flag store's name.
+        name: &'a str,
+        /// The source (the file's path).
+        source: &'a str,
+        /// What is wrong.
+        error: &'a (dyn std::error::Error + 'static),
+    },
+    /// A layer's mode bound to a flag followed the flag's change.
+    ModeChanged {
+        /// The flag store's name.
+        name: &'a str,
+        /// The flag the mode is bound to.
+        flag: &'a str,
+        /// The previous mode.
+        from: crate::Mode,
+        /// The new mode.
+        to: crate::Mode,
+    },
+    /// An operator changed something through the admin router (a breaker forced, a mode
+    /// switched). Flag changes are [`Event::FlagChanged`] with the operator as `by`.
+    AdminChanged {
+        /// The admin router's name.
+        name: &'a str,
+        /// What was changed, e.g. `"breaker/inventory"`, `"mode/limiter"`.
+        target: &'a str,
+        /// What was done, e.g. `"force_open"`, `"shadow"`.
+        action: &'a str,
+        /// Who did it.
+        by: &'a str,
+    },
+    /// The admin router refused a request without valid credentials.
+    AdminDenied {
+        /// The admin router's name.
+        name: &'a str,
+        /// The request's method and path.
+        path: &'a str,
+    },
 }
 
 /// What made a fallback fire.
@@ -293,6 +379,13 @@ impl Event<'_> {
             Event::RateLimited { .. }
             | Event::RateLimitDelayed { .. }
             | Event::RateLimitKeyEvicted { .. } => "rate_limit",
+            Event::FeatureGated { .. } => "feature_gate",
+            Event::FlagEvaluationFailed { .. }
+            | Event::FlagChanged { .. }
+            | Event::FlagSourceReloaded { .. }
+            | Event::FlagSourceFailed { .. }
+            | Event::ModeChanged { .. } => "flags",
+            Event::AdminChanged { .. } | Event::AdminDenied { .. } => "admin",
         }
     }
 
@@ -316,7 +409,15 @@ impl Event<'_> {
             | Event::IdempotencyReleased { name, .. }
             | Event::RateLimited { name, .. }
             | Event::RateLimitDelayed { name, .. }
-            | Event::RateLimitKeyEvicted { name, .. } => name,
+            | Event::RateLimitKeyEvicted { name, .. }
+            | Event::FeatureGated { name, .. }
+            | Event::FlagEvaluationFailed { name, .. }
+            | Event::FlagChanged { name, .. }
+            | Event::FlagSourceReloaded { name, .. }
+            | Event::FlagSourceFailed { name, .. }
+            | Event::ModeChanged { name, .. }
+            | Event::AdminChanged { name, .. }
+            | Event::AdminDenied { name, .. } => name,
         }
     }
 
@@ -352,6 +453,19 @@ impl Event<'_> {
             Event::RateLimited { shadow: true, .. } => "would_have_rate_limited",
             Event::RateLimitDelayed { .. } => "rate_limit_delayed",
             Event::RateLimitKeyEvicted { .. } => "rate_limit_key_evicted",
+            Event::FeatureGated { shadow: true, .. } => "would_have_disabled",
+            Event::FeatureGated {
+                action: crate::flags::GateAction::Routed,
+                ..
+            } => "routed_to_alternate",
+            Event::FeatureGated { .. } => "feature_disabled",
+            Event::FlagEvaluationFailed { .. } => "flag_error",
+            Event::FlagChanged { .. } => "flag_changed",
+            Event::FlagSourceReloaded { .. } => "flags_reloaded",
+            Event::FlagSourceFailed { .. } => "flag_source_failed",
+            Event::ModeChanged { .. } => "mode_changed",
+            Event::AdminChanged { .. } => "admin_changed",
+            Event::AdminDenied { .. } => "admin_denied",
         }
     }
 
@@ -383,6 +497,16 @@ impl Event<'_> {
             Event::RateLimitDelayed { .. } | Event::RateLimitKeyEvicted { .. } => {
                 tracing::Level::DEBUG
             }
+            Event::FeatureGated { shadow: true, .. } => tracing::Level::INFO,
+            Event::FeatureGated { shadow: false, .. } | Event::FlagSourceReloaded { .. } => {
+                tracing::Level::DEBUG
+            }
+            Event::FlagEvaluationFailed { .. }
+            | Event::FlagChanged { .. }
+            | Event::ModeChanged { .. }
+            | Event::AdminChanged { .. }
+            | Event::AdminDenied { .. } => tracing::Level::WARN,
+            Event::FlagSourceFailed { .. } => tracing::Level::ERROR,
         }
     }
 }
@@ -627,6 +751,62 @@ impl Observer for TracingObserver {
                 class,
                 "rate limiter full: a key still in use was forgotten"
             ),
+            Event::FeatureGated {
+                flag,
+                variant,
+                reason,
+                action,
+                shadow,
+                ..
+            } => emit!(
+                level,
+                event,
+                flag,
+                variant,
+                reason = reason.as_str(),
+                action = action.as_str(),
+                state = if shadow { "shadow" } else { "enforce" },
+                "feature flag is off"
+            ),
+            Event::FlagEvaluationFailed { flag, error, .. } => emit!(
+                level,
+                event,
+                flag,
+                error = error.as_str(),
+                "flag could not be evaluated; the default was used"
+            ),
+            Event::FlagChanged {
+                flag, change, by, ..
+            } => emit!(level, event, flag, change, by, "flag changed"),
+            Event::FlagSourceReloaded { source, flags, .. } => {
+                emit!(level, event, source, flags, "flags reloaded")
+            }
+            Event::FlagSourceFailed { source, error, .. } => emit!(
+                level,
+                event,
+                source,
+                error = %Chain(error),
+                "flag source is unusable; the last good flags stay"
+            ),
+            Event::ModeChanged { flag, from, to, .. } => emit!(
+                level,
+                event,
+                flag,
+                from = from.as_str(),
+                state = to.as_str(),
+                "mode bound to a flag changed"
+            ),
+            Event::AdminChanged {
+                target, action, by, ..
+            } => emit!(level, event, target, action, by, "admin change"),
+            Event::AdminDenied { path, .. } => {
+                emit!(
+                    level,
+                    event,
+                    path,
+                    "admin request without valid credentials"
+                )
+            }
         }
     }
 }
@@ -773,6 +953,51 @@ mod tests {
             Event::RateLimitKeyEvicted {
                 name: "n",
                 class: "header",
+            },
+            Event::FeatureGated {
+                name: "n",
+                flag: "f",
+                variant: Some("off"),
+                reason: crate::flags::Reason::Disabled,
+                action: crate::flags::GateAction::Routed,
+                shadow: false,
+            },
+            Event::FlagEvaluationFailed {
+                name: "n",
+                flag: "f",
+                error: crate::flags::ErrorCode::FlagNotFound,
+            },
+            Event::FlagChanged {
+                name: "n",
+                flag: "f",
+                change: "killed",
+                by: "alice",
+            },
+            Event::FlagSourceReloaded {
+                name: "n",
+                source: "flags.json",
+                flags: 3,
+            },
+            Event::FlagSourceFailed {
+                name: "n",
+                source: "flags.json",
+                error: &io,
+            },
+            Event::ModeChanged {
+                name: "n",
+                flag: "f",
+                from: crate::Mode::Enforce,
+                to: crate::Mode::Shadow,
+            },
+            Event::AdminChanged {
+                name: "n",
+                target: "breaker/db",
+                action: "force_open",
+                by: "alice",
+            },
+            Event::AdminDenied {
+                name: "n",
+                path: "GET /flags",
             },
         ];
         for e in &events {

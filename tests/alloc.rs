@@ -13,6 +13,7 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use tower::{Layer, Service};
 use tower_parapet::circuit_breaker::{CircuitBreakerLayer, SlidingWindow};
+use tower_parapet::flags::{FeatureGateLayer, FlagDef, FlagStore};
 use tower_parapet::rate_limit::Quota;
 use tower_parapet::{FallbackLayer, RateLimitLayer, TimeoutLayer};
 
@@ -178,6 +179,41 @@ fn unkeyed_rate_limit_admission_allocates_nothing() {
         }
     });
     assert_eq!(n, 0, "allocations in 1000 admitted calls");
+}
+
+/// A boolean flag that is on, and a rollout whose targeting key the request carries as a
+/// `&'static str`: evaluation reads the store's snapshot without a lock or an allocation.
+#[test]
+fn feature_gate_evaluation_allocates_nothing() {
+    let flags = FlagStore::with_observer("flags", ());
+    flags.set("boolean", FlagDef::boolean(true)).unwrap();
+    flags.set("rollout", FlagDef::rollout(99)).unwrap();
+    let mut boolean = FeatureGateLayer::new(&flags, "boolean")
+        .observer(())
+        .layer(Echo);
+    const USERS: [&str; 2] = ["user-3", "user-7"];
+    let mut rollout = FeatureGateLayer::new(&flags, "rollout")
+        .observer(())
+        .targeting_key(tower_parapet::key::from_fn(|i: &u64| {
+            Ok::<_, tower_parapet::key::KeyError>(USERS[(*i % 2) as usize])
+        }))
+        .layer(Echo);
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut one_round = |i| {
+        assert!(boolean.poll_ready(&mut cx).is_ready());
+        assert_eq!(boolean.call(i).now_or_never().unwrap().unwrap(), i);
+        assert!(rollout.poll_ready(&mut cx).is_ready());
+        assert_eq!(rollout.call(i).now_or_never().unwrap().unwrap(), i);
+    };
+    for i in 0..16 {
+        one_round(i);
+    }
+    let n = allocations_during(|| {
+        for i in 0..1_000 {
+            one_round(i);
+        }
+    });
+    assert_eq!(n, 0, "allocations in 2000 gated calls");
 }
 
 #[test]

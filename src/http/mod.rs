@@ -39,6 +39,9 @@
 //! # }
 //! ```
 
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+pub mod admin;
 mod body;
 mod layer;
 mod response;
@@ -47,5 +50,6 @@ mod verdict;
 pub use body::ResponseBody;
 pub use layer::{RejectionResponse, RejectionResponseLayer, ResponseFuture};
 pub use response::StatusMap;
+pub(crate) use response::http_answer as answer_with_status;
 pub(crate) use response::rate_limit_fields;
 pub use verdict::Verdict;
