@@ -17,6 +17,7 @@
 //! | feature gate | can I switch it off now, without a deploy? (kill switches, sticky percentage rollouts, targeting, flags from files, bound modes) | [`flags`] ([`FeatureGateLayer`]) |
 //! | edge adapter | how does a refusal reach the client? | [`http`] (feature `http`) |
 //! | logging | what happened to each request, and why? (span, request id, outcome) | [`logging`] (feature `http`) |
+//! | health | should this instance get traffic? (registry, snapshot, `/livez`, `/readyz`) | [`health`] |
 //! | admin router | who flips the switch, and who did? (flags, breakers, modes, behind a token) | [`http::admin`] (feature `axum`) |
 //!
 //! Retries, bulkheads and
@@ -115,6 +116,7 @@ pub mod error;
 pub mod fallback;
 pub mod flags;
 pub mod grpc;
+pub mod health;
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod http;
