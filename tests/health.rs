@@ -37,7 +37,10 @@ async fn readiness_follows_the_critical_breaker() {
         .permitted_calls_in_half_open(1)
         .build()
         .unwrap();
-    let cache = CircuitBreakerLayer::builder().name("cache").build().unwrap();
+    let cache = CircuitBreakerLayer::builder()
+        .name("cache")
+        .build()
+        .unwrap();
     let registry = HealthRegistry::new();
     registry
         .critical_breaker(db.handle())
@@ -48,7 +51,11 @@ async fn readiness_follows_the_critical_breaker() {
     assert_eq!(probe(&app, "/readyz").await.0, StatusCode::OK);
 
     cache.handle().force_open();
-    assert_eq!(probe(&app, "/readyz").await.0, StatusCode::OK, "cache is not critical");
+    assert_eq!(
+        probe(&app, "/readyz").await.0,
+        StatusCode::OK,
+        "cache is not critical"
+    );
 
     let healthy = Arc::new(AtomicBool::new(false));
     let up = healthy.clone();
@@ -69,13 +76,20 @@ async fn readiness_follows_the_critical_breaker() {
     let (status, body) = probe(&app, "/readyz").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(body, r#"{"failing":["breaker:db"],"ready":false}"#);
-    assert_eq!(probe(&app, "/livez").await.0, StatusCode::OK, "alive all along");
+    assert_eq!(
+        probe(&app, "/livez").await.0,
+        StatusCode::OK,
+        "alive all along"
+    );
 
     // After the wait it is half-open: ready by default, so probes can arrive.
     tokio::time::advance(Duration::from_secs(10)).await;
     assert_eq!(probe(&app, "/readyz").await.0, StatusCode::OK);
     registry.half_open_is_not_ready(true);
-    assert_eq!(probe(&app, "/readyz").await.0, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        probe(&app, "/readyz").await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
     healthy.store(true, Ordering::SeqCst);
     svc.clone().oneshot(()).await.unwrap();
     assert_eq!(db.handle().state(), State::Closed);
@@ -85,7 +99,10 @@ async fn readiness_follows_the_critical_breaker() {
 #[tokio::test(start_paused = true)]
 async fn the_snapshot_shows_every_registered_part_and_serializes() {
     let registry = HealthRegistry::new();
-    let breaker = CircuitBreakerLayer::builder().name("payments").build().unwrap();
+    let breaker = CircuitBreakerLayer::builder()
+        .name("payments")
+        .build()
+        .unwrap();
     let limiter = RateLimitLayer::new(Quota::per_second(10));
     let warm = Arc::new(AtomicBool::new(false));
     let w = warm.clone();
