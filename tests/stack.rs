@@ -156,13 +156,12 @@ async fn an_open_breaker_answers_503_with_retry_after() {
 
     let healthy = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let calls = Arc::new(AtomicU32::new(0));
-    let breaker = CircuitBreakerLayer::builder()
+    let breaker = CircuitBreakerLayer::http()
         .name("orders-db")
         .sliding_window(SlidingWindow::count(10))
         .minimum_calls(5)
         .wait_in_open(Duration::from_secs(30))
         .permitted_calls_in_half_open(1)
-        .classifier(ServerErrorsAsFailures)
         .build()
         .unwrap();
     let handle = breaker.handle();

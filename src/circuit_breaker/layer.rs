@@ -369,9 +369,28 @@ pub struct CircuitBreakerLayer<C = ErrorsAsFailures, B = Single> {
 
 impl CircuitBreakerLayer {
     /// A builder with resilience4j's defaults: count window of 100 calls, minimum 100
-    /// calls, 50 % failure threshold, 60 s open, 10 probes in half-open.
+    /// calls, 50 % failure threshold, 60 s open, 10 probes in half-open. Every error of
+    /// the inner service is a failure and every response a success: for HTTP services,
+    /// where a 5xx response is a failure too, start from [`http`](Self::http).
     pub fn builder() -> CircuitBreakerBuilder {
         CircuitBreakerBuilder::from_config(CircuitBreakerConfig::default())
+    }
+}
+
+#[cfg(feature = "http")]
+impl CircuitBreakerLayer {
+    /// [`builder`](Self::builder) for HTTP services: errors (timeouts included) and 5xx
+    /// responses are failures, 4xx responses are successes
+    /// ([`ServerErrorsAsFailures`](crate::classify::ServerErrorsAsFailures)).
+    pub fn http() -> CircuitBreakerBuilder<crate::classify::ServerErrorsAsFailures> {
+        CircuitBreakerLayer::builder().classifier(crate::classify::ServerErrorsAsFailures)
+    }
+
+    /// [`builder`](Self::builder) for gRPC services: errors and server-fault statuses
+    /// (`UNAVAILABLE`, `INTERNAL`, `DEADLINE_EXCEEDED`, ...) are failures
+    /// ([`GrpcErrorsAsFailures`](crate::classify::GrpcErrorsAsFailures)).
+    pub fn grpc() -> CircuitBreakerBuilder<crate::classify::GrpcErrorsAsFailures> {
+        CircuitBreakerLayer::builder().classifier(crate::classify::GrpcErrorsAsFailures::new())
     }
 }
 

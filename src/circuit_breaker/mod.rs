@@ -68,7 +68,10 @@
 //!   most its size, in half-open at most the permitted probes) nothing trips and the rates
 //!   read `None`. A call is slow when it takes strictly longer than the slow-call
 //!   duration.
-//! - **What counts** is the [classifier](crate::classify)'s call: failures and successes
+//! - **What counts** is the [classifier](crate::classify)'s call (with
+//!   [`builder`](CircuitBreakerLayer::builder) every inner error, timeouts included;
+//!   with [`http`](CircuitBreakerLayer::http) also 5xx responses, never 4xx; with
+//!   [`grpc`](CircuitBreakerLayer::grpc) server-fault gRPC statuses): failures and successes
 //!   are recorded; [`Ignored`](crate::classify::Outcome::Ignored) outcomes and cancelled
 //!   calls (the future dropped before it finished) record nothing and give a half-open
 //!   probe slot back. A panic in the inner service, in `call` or while polling, is a
