@@ -5,7 +5,6 @@ use std::fmt;
 use std::sync::Arc;
 
 use super::model::{Clause, Compiled, FlagValue, Op};
-use super::murmur3;
 
 /// Who or what a flag is evaluated for: a targeting key (user, tenant, session...) and
 /// attributes for the rules. Building one from `&'static str`s allocates nothing.
@@ -265,7 +264,7 @@ pub(crate) fn resolve(flag: &Compiled, ctx: &EvalContext) -> Result<(usize, Reas
             100 => true,
             p => {
                 let key = key.ok_or(ErrorCode::TargetingKeyMissing)?;
-                murmur3::bucket(&rollout.group, key) <= p
+                rollout.prefix.bucket(key) <= p
             }
         };
         let variant = if inside { rollout.serve } else { flag.off };

@@ -13,7 +13,7 @@ use tower_service::Service;
 use super::context::{ContextExtractor, TargetingKey};
 use super::eval::{self, ErrorCode, EvalContext, FlagDetails};
 use super::model::{FlagValue, check_name};
-use super::store::FlagStore;
+use super::store::{FlagStore, Snapshot, SnapshotCache};
 use crate::error::{BoxError, ConfigError, Rejection};
 use crate::mode::{Mode, ModeHandle};
 use crate::observe::{Event, Observer, SharedObserver};
@@ -402,6 +402,7 @@ impl<S, C: Clone, W: Clone> Layer<S> for FeatureGateLayer<C, W> {
     fn layer(&self, inner: S) -> Self::Service {
         FeatureGate {
             inner,
+            snapshot: self.shared.store.cache(),
             shared: self.shared.clone(),
             context: self.context.clone(),
             when_off: self.when_off.clone(),
@@ -412,6 +413,9 @@ impl<S, C: Clone, W: Clone> Layer<S> for FeatureGateLayer<C, W> {
 /// The service of [`FeatureGateLayer`].
 pub struct FeatureGate<S, C = (), W = Reject> {
     inner: S,
+    /// This service's view of the flags: one atomic load per request while nothing
+    /// changes.
+    snapshot: SnapshotCache,
     shared: Arc<Shared>,
     context: C,
     when_off: W,
@@ -421,6 +425,7 @@ impl<S: Clone, C: Clone, W: Clone> Clone for FeatureGate<S, C, W> {
     fn clone(&self) -> Self {
         FeatureGate {
             inner: self.inner.clone(),
+            snapshot: self.snapshot.clone(),
             shared: self.shared.clone(),
             context: self.context.clone(),
             when_off: self.when_off.clone(),
@@ -460,8 +465,7 @@ impl Shared {
     /// `Ok(())` when the feature runs, `Err(details)` when it is off. The common case
     /// (a flag that is on) takes no lock and allocates nothing.
     #[inline]
-    fn decide(&self, ctx: &EvalContext) -> Result<(), FlagDetails> {
-        let snapshot = self.store.load();
+    fn decide(&self, snapshot: &Snapshot, ctx: &EvalContext) -> Result<(), FlagDetails> {
         let flag = snapshot.slots.get(self.slot).and_then(|f| f.as_deref());
         if let Some(flag) = flag
             && let Ok((i, reason)) = eval::resolve(flag, ctx)
@@ -533,7 +537,7 @@ where
         }
         let mut ctx = EvalContext::new();
         self.context.fill(&req, &mut ctx);
-        let details = match self.shared.decide(&ctx) {
+        let details = match self.shared.decide(self.snapshot.load(), &ctx) {
             Ok(()) => return ResponseFuture::feature(self.inner.call(req)),
             Err(details) => details,
         };

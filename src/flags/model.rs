@@ -281,7 +281,8 @@ pub(crate) struct CompiledRule {
 #[derive(Debug)]
 pub(crate) struct CompiledRollout {
     pub(crate) percentage: u8,
-    pub(crate) group: Box<str>,
+    /// The hash state after `"{group}:"`, so a request hashes only its key.
+    pub(crate) prefix: super::murmur3::Murmur3,
     pub(crate) serve: usize,
 }
 
@@ -395,7 +396,7 @@ pub(crate) fn compile(name: &str, def: &FlagDef) -> Result<Compiled, ConfigError
             };
             Some(CompiledRollout {
                 percentage: r.percentage,
-                group: r.group_id.as_deref().unwrap_or(name).into(),
+                prefix: super::murmur3::Murmur3::prefix(r.group_id.as_deref().unwrap_or(name)),
                 serve,
             })
         }

@@ -65,6 +65,24 @@ impl Murmur3 {
         self.pending_len = rest.len();
     }
 
+    /// The state after `"{group_id}:"`, for [`bucket`](Self::bucket).
+    pub(crate) fn prefix(group_id: &str) -> Murmur3 {
+        let mut m = Murmur3::new(0);
+        m.write(group_id.as_bytes());
+        m.write(b":");
+        m
+    }
+
+    /// The rollout bucket of `targeting_key`, continuing from a [`prefix`](Self::prefix)
+    /// state: the same as [`bucket`](super::murmur3::bucket) with its group.
+    #[inline]
+    pub(crate) fn bucket(&self, targeting_key: &str) -> u8 {
+        let mut m = self.clone();
+        m.write(targeting_key.as_bytes());
+        // `% 100` is below 100, so the cast cannot truncate.
+        (m.finish() % 100) as u8 + 1
+    }
+
     /// The hash of everything written.
     pub(crate) fn finish(&self) -> u32 {
         let mut h = self.h;
@@ -136,6 +154,16 @@ pub fn bucket(group_id: &str, targeting_key: &str) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prefix_states_give_the_same_buckets() {
+        for g in ["", "a", "ab", "abc", "abcd", "new-checkout"] {
+            let prefix = Murmur3::prefix(g);
+            for k in ["", "u", "user-3", "alice", &"k".repeat(300) as &str] {
+                assert_eq!(prefix.bucket(k), bucket(g, k), "{g:?} {k:?}");
+            }
+        }
+    }
 
     #[test]
     fn joined_and_streamed_buckets_agree() {

@@ -39,6 +39,21 @@ struct Writer {
     watchers: Vec<Watcher>,
 }
 
+/// The store's snapshot, for [`arc_swap::Cache`].
+#[derive(Clone)]
+pub(crate) struct SnapshotSource(Arc<Inner>);
+
+impl std::ops::Deref for SnapshotSource {
+    type Target = ArcSwap<Snapshot>;
+
+    fn deref(&self) -> &ArcSwap<Snapshot> {
+        &self.0.snapshot
+    }
+}
+
+/// A cached view of a store's snapshot; see [`FlagStore::cache`].
+pub(crate) type SnapshotCache = arc_swap::Cache<SnapshotSource, Arc<Snapshot>>;
+
 struct Inner {
     name: Arc<str>,
     snapshot: ArcSwap<Snapshot>,
@@ -153,6 +168,13 @@ impl FlagStore {
     #[inline]
     pub(crate) fn load(&self) -> arc_swap::Guard<Arc<Snapshot>> {
         self.inner.snapshot.load()
+    }
+
+    /// A per-holder cache of the snapshot: each load is one atomic load of the current
+    /// pointer (and a full load only after a change), and still sees every change that
+    /// returned before it.
+    pub(crate) fn cache(&self) -> SnapshotCache {
+        arc_swap::Cache::new(SnapshotSource(self.inner.clone()))
     }
 
     /// The slot of `name`, which a gate reads by index; created (empty) if needed.
