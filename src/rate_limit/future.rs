@@ -31,10 +31,12 @@ pin_project! {
         Called {
             #[pin]
             fut: F,
-            info: Option<RateLimitInfo>,
+            // Boxed (and only when admitted responses carry headers): the future stays
+            // small on the common path.
+            info: Option<Box<RateLimitInfo>>,
             headers: H,
         },
-        Rejected { rejection: Option<Rejection> },
+        Rejected { error: Option<BoxError> },
         Waiting { wait: Box<Waiting<S, Req, H>> },
     }
 }
@@ -61,14 +63,18 @@ impl<F, S, Req, H> fmt::Debug for ResponseFuture<F, S, Req, H> {
 impl<F, S, Req, H> ResponseFuture<F, S, Req, H> {
     pub(super) fn called(fut: F, info: Option<RateLimitInfo>, headers: H) -> Self {
         ResponseFuture {
-            state: State::Called { fut, info, headers },
+            state: State::Called {
+                fut,
+                info: info.map(Box::new),
+                headers,
+            },
         }
     }
 
     pub(super) fn rejected(rejection: Rejection) -> Self {
         ResponseFuture {
             state: State::Rejected {
-                rejection: Some(rejection),
+                error: Some(rejection.boxed()),
             },
         }
     }
@@ -122,9 +128,9 @@ where
                     }
                     return Poll::Ready(Ok(res));
                 }
-                StateProj::Rejected { rejection } => {
-                    let rejection = rejection.take().expect("polled after completion");
-                    return Poll::Ready(Err(rejection.boxed()));
+                StateProj::Rejected { error } => {
+                    let error = error.take().expect("polled after completion");
+                    return Poll::Ready(Err(error));
                 }
                 StateProj::Waiting { wait } => {
                     ready!(wait.sleep.as_mut().poll(cx));
@@ -140,7 +146,11 @@ where
                             let req = wait.req.take().expect("polled after completion");
                             let fut = wait.svc.call(req);
                             let headers = wait.headers.clone();
-                            state.set(State::Called { fut, info, headers });
+                            state.set(State::Called {
+                                fut,
+                                info: info.map(Box::new),
+                                headers,
+                            });
                         }
                         Decision::Refused {
                             quota,
@@ -164,7 +174,7 @@ where
                                 shadow: false,
                             });
                             let rejection = Rejection::rate_limited(again, Some(info));
-                            state.set(State::Rejected { rejection: None });
+                            state.set(State::Rejected { error: None });
                             return Poll::Ready(Err(rejection.boxed()));
                         }
                     }
