@@ -54,6 +54,7 @@
 //! | `parapet_circuit_breaker_state` | gauge | `name` (0 closed, 1 open, 2 half-open, 3 disabled, 4 forced open, 5 metrics-only) |
 //! | `parapet_fallbacks_total` | counter | `name`, `source`, `trigger` |
 //! | `parapet_flag_gated_total` | counter | `name`, `flag`, `reason` (OpenFeature reason) |
+//! | `parapet_flag_evaluations_total` | counter | `name`, `flag`, `reason` (every gate evaluation; handles registered at a gate's first evaluation, so install the recorder at startup) |
 //! | `parapet_requests_total` | counter | `method`, `route`, `status`, `outcome` |
 //! | `parapet_request_duration_seconds` | histogram | `method`, `route`, `outcome` |
 //!

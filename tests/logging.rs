@@ -436,4 +436,52 @@ mod metrics {
         }
         let _ = Rejection::timeout(Duration::ZERO);
     }
+
+    /// Every flag evaluation of a gate is counted by its OpenFeature reason.
+    #[test]
+    fn flag_evaluations_are_counted_by_reason() {
+        use tower_parapet::flags::{FeatureGateLayer, FlagDef, FlagStore};
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        ::metrics::with_local_recorder(&recorder, || {
+            let flags = FlagStore::with_observer("flags", ());
+            flags.set("beta", FlagDef::boolean(true)).unwrap();
+            let gate = FeatureGateLayer::new(&flags, "beta")
+                .observer(())
+                .layer(service_fn(|_: ()| async { Ok::<_, BoxError>(()) }));
+            tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap()
+                .block_on(async {
+                    for _ in 0..3 {
+                        gate.clone().oneshot(()).await.unwrap();
+                    }
+                    flags.kill("beta").unwrap();
+                    assert!(gate.clone().oneshot(()).await.is_err());
+                });
+        });
+        let metrics = snapshotter.snapshot().into_vec();
+        let count = |reason: &str| {
+            metrics
+                .iter()
+                .find_map(|(key, _, _, value)| {
+                    let key = key.key();
+                    let hit = key.name() == "parapet_flag_evaluations_total"
+                        && key
+                            .labels()
+                            .any(|l| l.key() == "flag" && l.value() == "beta")
+                        && key
+                            .labels()
+                            .any(|l| l.key() == "reason" && l.value() == reason);
+                    match (hit, value) {
+                        (true, DebugValue::Counter(n)) => Some(*n),
+                        _ => None,
+                    }
+                })
+                .unwrap_or(0)
+        };
+        assert_eq!(count("STATIC"), 3);
+        assert_eq!(count("DISABLED"), 1);
+        assert_eq!(count("ERROR"), 0);
+    }
 }

@@ -11,7 +11,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::context::{ContextExtractor, TargetingKey};
-use super::eval::{self, ErrorCode, EvalContext, FlagDetails};
+use super::eval::{self, ErrorCode, EvalContext, FlagDetails, Reason};
 use super::model::{FlagValue, check_name};
 use super::store::{FlagStore, Snapshot, SnapshotCache};
 use crate::error::{BoxError, ConfigError, Rejection};
@@ -172,6 +172,10 @@ struct Shared {
     default: bool,
     observer: SharedObserver,
     mode: ModeHandle,
+    /// `parapet_flag_evaluations_total` per reason, registered at the first evaluation
+    /// (so a recorder installed at startup, before traffic, is the one used).
+    #[cfg(feature = "metrics")]
+    evaluations: std::sync::OnceLock<[metrics::Counter; 6]>,
 }
 
 /// The feature gate's configuration, for config files.
@@ -270,6 +274,8 @@ impl FeatureGateLayer {
                 default: false,
                 observer: SharedObserver::default(),
                 mode: ModeHandle::default(),
+                #[cfg(feature = "metrics")]
+                evaluations: std::sync::OnceLock::new(),
             }),
             context: (),
             when_off: Reject,
@@ -288,6 +294,8 @@ impl<C, W> FeatureGateLayer<C, W> {
             default: s.default,
             observer: s.observer.clone(),
             mode: s.mode.clone(),
+            #[cfg(feature = "metrics")]
+            evaluations: std::sync::OnceLock::new(),
         };
         f(&mut shared);
         self.shared = Arc::new(shared);
@@ -470,6 +478,7 @@ impl Shared {
         if let Some(flag) = flag
             && let Ok((i, reason)) = eval::resolve(flag, ctx)
         {
+            self.count(reason);
             let variant = &flag.variants[i];
             return match variant.value {
                 FlagValue::Bool(true) => Ok(()),
@@ -492,8 +501,46 @@ impl Shared {
         self.failed(code)
     }
 
+    /// Count one evaluation by its reason (feature `metrics`).
+    #[inline]
+    fn count(&self, reason: Reason) {
+        #[cfg(feature = "metrics")]
+        {
+            let counters = self.evaluations.get_or_init(|| {
+                [
+                    Reason::Static,
+                    Reason::TargetingMatch,
+                    Reason::Split,
+                    Reason::Disabled,
+                    Reason::Default,
+                    Reason::Error,
+                ]
+                .map(|r| {
+                    metrics::counter!(
+                        "parapet_flag_evaluations_total",
+                        "name" => self.name.to_string(),
+                        "flag" => self.flag.to_string(),
+                        "reason" => r.as_str(),
+                    )
+                })
+            });
+            let i = match reason {
+                Reason::Static => 0,
+                Reason::TargetingMatch => 1,
+                Reason::Split => 2,
+                Reason::Disabled => 3,
+                Reason::Default => 4,
+                Reason::Error => 5,
+            };
+            counters[i].increment(1);
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = reason;
+    }
+
     #[cold]
     fn failed(&self, error: ErrorCode) -> Result<(), FlagDetails> {
+        self.count(Reason::Error);
         self.observer.emit(&Event::FlagEvaluationFailed {
             name: &self.name,
             flag: &self.flag,
