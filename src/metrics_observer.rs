@@ -1,9 +1,15 @@
 //! The observer that turns events into `metrics` counters and gauges (feature `metrics`).
 
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use metrics::{Counter, Gauge, Label};
+
 use crate::observe::{Event, Observer};
 
 /// Records every [`Event`] through the `metrics` facade. Part of the default observer
-/// when the `metrics` feature is on; with no recorder installed it records nothing.
+/// when the `metrics` feature is on.
 ///
 /// | metric | kind | labels | for |
 /// |---|---|---|---|
@@ -16,9 +22,133 @@ use crate::observe::{Event, Observer};
 /// `name` is the layer's configured name; no label ever holds a key, an IP or a user.
 /// The logging layer adds `parapet_requests_total` and
 /// `parapet_request_duration_seconds` (see [`logging`](crate::logging)).
-#[derive(Debug, Clone, Copy, Default)]
+///
+/// Each observer keeps the handles it registered (up to 4 096 label sets), so an event
+/// costs a lookup and an increment, not a registration. Handles are registered with the
+/// recorder installed at the time of an observer's first event of that kind: install the
+/// recorder at startup, before traffic.
+#[derive(Clone, Default)]
 pub struct MetricsObserver {
-    _priv: (),
+    cache: Arc<Cache>,
+}
+
+impl fmt::Debug for MetricsObserver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MetricsObserver")
+            .field("handles", &self.cache.entries.load().len())
+            .finish()
+    }
+}
+
+const MAX_ENTRIES: usize = 4_096;
+
+#[derive(Clone)]
+enum Handle {
+    Counter(Counter),
+    Gauge(Gauge),
+}
+
+struct Entry {
+    metric: &'static str,
+    labels: Vec<(&'static str, Box<str>)>,
+    handle: Handle,
+}
+
+impl Entry {
+    fn matches(&self, metric: &'static str, labels: &[(&'static str, &str)]) -> bool {
+        self.metric == metric
+            && self.labels.len() == labels.len()
+            && self
+                .labels
+                .iter()
+                .zip(labels)
+                .all(|((k1, v1), (k2, v2))| k1 == k2 && **v1 == **v2)
+    }
+}
+
+#[derive(Default)]
+struct Cache {
+    entries: ArcSwap<Vec<Entry>>,
+    writer: Mutex<()>,
+}
+
+impl MetricsObserver {
+    /// Apply `f` to the handle for `metric` with `labels`: from the cache (no clone, no
+    /// registration), or registered now.
+    #[inline]
+    fn with(
+        &self,
+        entries: &[Entry],
+        metric: &'static str,
+        labels: &[(&'static str, &str)],
+        gauge: bool,
+        f: impl FnOnce(&Handle),
+    ) {
+        match entries.iter().find(|e| e.matches(metric, labels)) {
+            Some(e) => f(&e.handle),
+            None => f(&self.register(metric, labels, gauge)),
+        }
+    }
+
+    #[cold]
+    fn register(
+        &self,
+        metric: &'static str,
+        labels: &[(&'static str, &str)],
+        gauge: bool,
+    ) -> Handle {
+        let _writing = self.cache.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.cache.entries.load();
+        if let Some(e) = current.iter().find(|e| e.matches(metric, labels)) {
+            return e.handle.clone();
+        }
+        let owned: Vec<Label> = labels
+            .iter()
+            .map(|(k, v)| Label::new(*k, (*v).to_owned()))
+            .collect();
+        let handle = if gauge {
+            Handle::Gauge(metrics::gauge!(metric, owned))
+        } else {
+            Handle::Counter(metrics::counter!(metric, owned))
+        };
+        if current.len() < MAX_ENTRIES {
+            let mut next = Vec::with_capacity(current.len() + 1);
+            next.extend(current.iter().map(|e| Entry {
+                metric: e.metric,
+                labels: e.labels.clone(),
+                handle: e.handle.clone(),
+            }));
+            next.push(Entry {
+                metric,
+                labels: labels.iter().map(|(k, v)| (*k, Box::from(*v))).collect(),
+                handle: handle.clone(),
+            });
+            self.cache.entries.store(Arc::new(next));
+        }
+        handle
+    }
+
+    fn count(&self, entries: &[Entry], metric: &'static str, labels: &[(&'static str, &str)]) {
+        self.with(entries, metric, labels, false, |h| {
+            if let Handle::Counter(c) = h {
+                c.increment(1);
+            }
+        });
+    }
+
+    fn set(
+        &self,
+        entries: &[Entry],
+        metric: &'static str,
+        labels: &[(&'static str, &str)],
+        value: f64,
+    ) {
+        self.with(entries, metric, labels, true, |h| {
+            if let Handle::Gauge(g) = h {
+                g.set(value);
+            }
+        });
+    }
 }
 
 fn state_code(state: crate::circuit_breaker::State) -> f64 {
@@ -36,22 +166,24 @@ fn state_code(state: crate::circuit_breaker::State) -> f64 {
 impl Observer for MetricsObserver {
     fn on_event(&self, event: &Event<'_>) {
         let layer = event.layer();
-        let name = event.name().to_owned();
-        metrics::counter!(
+        let name = event.name();
+        let entries = self.cache.entries.load();
+        let entries: &[Entry] = &entries;
+        self.count(
+            entries,
             "parapet_events_total",
-            "layer" => layer,
-            "name" => name.clone(),
-            "outcome" => event.outcome(),
-        )
-        .increment(1);
+            &[
+                ("layer", layer),
+                ("name", name),
+                ("outcome", event.outcome()),
+            ],
+        );
         let rejected = |kind: &'static str| {
-            metrics::counter!(
+            self.count(
+                entries,
                 "parapet_rejections_total",
-                "layer" => layer,
-                "name" => name.clone(),
-                "kind" => kind,
-            )
-            .increment(1);
+                &[("layer", layer), ("name", name), ("kind", kind)],
+            );
         };
         match *event {
             Event::TimedOut { shadow: false, .. } => rejected("timeout"),
@@ -63,20 +195,24 @@ impl Observer for MetricsObserver {
                 ..
             } => rejected(kind.as_str()),
             Event::CircuitStateChanged { key: None, to, .. } => {
-                metrics::gauge!("parapet_circuit_breaker_state", "name" => name.clone())
-                    .set(state_code(to));
+                self.set(
+                    entries,
+                    "parapet_circuit_breaker_state",
+                    &[("name", name)],
+                    state_code(to),
+                );
             }
             Event::FallbackServed {
                 source, trigger, ..
-            } => {
-                metrics::counter!(
-                    "parapet_fallbacks_total",
-                    "name" => name.clone(),
-                    "source" => source,
-                    "trigger" => trigger.as_str(),
-                )
-                .increment(1);
-            }
+            } => self.count(
+                entries,
+                "parapet_fallbacks_total",
+                &[
+                    ("name", name),
+                    ("source", source),
+                    ("trigger", trigger.as_str()),
+                ],
+            ),
             Event::FeatureGated {
                 flag,
                 reason,
@@ -86,13 +222,11 @@ impl Observer for MetricsObserver {
                 if !shadow {
                     rejected("feature_disabled");
                 }
-                metrics::counter!(
+                self.count(
+                    entries,
                     "parapet_flag_gated_total",
-                    "name" => name.clone(),
-                    "flag" => flag.to_owned(),
-                    "reason" => reason.as_str(),
-                )
-                .increment(1);
+                    &[("name", name), ("flag", flag), ("reason", reason.as_str())],
+                );
             }
             _ => {}
         }
