@@ -223,6 +223,17 @@ fn each_layers_rejection_and_a_fallback_are_named_in_the_closing_event() {
             }));
         let post = Request::post("/pay").body(Body::default()).unwrap();
         assert_eq!(svc.oneshot(post).await.unwrap().status(), 400);
+        // Feature gate: the flag is off.
+        let flags = tower_parapet::flags::FlagStore::with_observer("flags", ());
+        flags
+            .set("beta", tower_parapet::flags::FlagDef::boolean(false))
+            .unwrap();
+        let svc = edge()
+            .layer(tower_parapet::flags::FeatureGateLayer::new(&flags, "beta").observer(()))
+            .service(service_fn(|_: Request<Body>| async {
+                Ok::<_, BoxError>(ok("x"))
+            }));
+        assert_eq!(svc.oneshot(get("/beta")).await.unwrap().status(), 404);
         // Fallback.
         let svc = edge()
             .layer(
@@ -260,6 +271,12 @@ fn each_layers_rejection_and_a_fallback_are_named_in_the_closing_event() {
             "/pay",
             "outcome=\"rejected\" detail=\"idempotency_key_missing\"",
             "status=400",
+            " WARN ",
+        ),
+        (
+            "/beta",
+            "outcome=\"rejected\" detail=\"feature_disabled\"",
+            "status=404",
             " WARN ",
         ),
         (
