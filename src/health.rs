@@ -3,7 +3,8 @@
 //!
 //! Register the handles once at startup; the registry is cheap to clone and every clone
 //! sees the same registrations. [`HealthRegistry::snapshot`] reads every breaker's state
-//! and rates, every limiter's live keys and mode, every registered mode and check, and
+//! and rates, every limiter's live keys and mode, every flag, every registered mode and
+//! check, and
 //! says whether the service is ready: it is not while a breaker registered as
 //! **critical** is open (or forced open; half-open too if so configured) or a custom
 //! check fails.
@@ -32,6 +33,7 @@ use std::fmt;
 use std::sync::{Arc, RwLock};
 
 use crate::circuit_breaker::{CircuitBreakerHandle, State};
+use crate::flags::{FlagDef, FlagStore};
 use crate::mode::{Mode, ModeHandle};
 use crate::rate_limit::RateLimitHandle;
 
@@ -43,6 +45,7 @@ struct Inner {
     limiters: BTreeMap<String, RateLimitHandle>,
     modes: BTreeMap<String, ModeHandle>,
     checks: BTreeMap<String, Check>,
+    flags: Option<FlagStore>,
     half_open_fails: bool,
 }
 
@@ -117,6 +120,8 @@ pub struct HealthSnapshot {
     pub modes: BTreeMap<String, Mode>,
     /// Every custom check, by name, and whether it passes.
     pub checks: BTreeMap<String, bool>,
+    /// The registered flag store's flags, by name.
+    pub flags: BTreeMap<String, FlagDef>,
 }
 
 impl HealthRegistry {
@@ -163,6 +168,12 @@ impl HealthRegistry {
         self
     }
 
+    /// Show the flags of `store`.
+    pub fn flags(&self, store: &FlagStore) -> &Self {
+        self.write().flags = Some(store.clone());
+        self
+    }
+
     /// Show a layer's mode under `name`.
     pub fn mode(&self, name: impl Into<String>, handle: ModeHandle) -> &Self {
         self.write().modes.insert(name.into(), handle);
@@ -194,13 +205,14 @@ impl HealthRegistry {
     pub fn snapshot(&self) -> HealthSnapshot {
         // Clone what is registered, then read it without holding the lock: a check or a
         // breaker's transition may take its time.
-        let (breakers, limiters, modes, checks, half_open_fails) = {
+        let (breakers, limiters, modes, checks, flags, half_open_fails) = {
             let inner = self.read();
             (
                 inner.breakers.clone(),
                 inner.limiters.clone(),
                 inner.modes.clone(),
                 inner.checks.clone(),
+                inner.flags.clone(),
                 inner.half_open_fails,
             )
         };
@@ -253,6 +265,7 @@ impl HealthRegistry {
                 .collect(),
             modes: modes.into_iter().map(|(k, m)| (k, m.get())).collect(),
             checks,
+            flags: flags.map(|f| f.flags()).unwrap_or_default(),
         }
     }
 }

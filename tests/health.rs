@@ -106,8 +106,13 @@ async fn the_snapshot_shows_every_registered_part_and_serializes() {
     let limiter = RateLimitLayer::new(Quota::per_second(10));
     let warm = Arc::new(AtomicBool::new(false));
     let w = warm.clone();
+    let flags = tower_parapet::flags::FlagStore::new();
+    flags
+        .set("beta", tower_parapet::flags::FlagDef::boolean(true))
+        .unwrap();
     registry
         .critical_breaker(breaker.handle())
+        .flags(&flags)
         .rate_limiter("api", limiter.handle())
         .mode("payments", breaker.mode_handle())
         .check("cache_warm", move || w.load(Ordering::SeqCst));
@@ -122,6 +127,7 @@ async fn the_snapshot_shows_every_registered_part_and_serializes() {
     assert_eq!(json["breakers"][0]["state"], "closed");
     assert_eq!(json["rate_limiters"][0]["mode"], "enforce");
     assert_eq!(json["checks"]["cache_warm"], false);
+    assert!(json["flags"]["beta"].is_object(), "{json}");
 
     warm.store(true, Ordering::SeqCst);
     breaker.mode_handle().set(Mode::Shadow);
