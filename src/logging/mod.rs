@@ -13,7 +13,11 @@
 //!   outcome ([`Levels`]): `admitted` (the service answered), or the
 //!   [`Verdict`](crate::http::Verdict) that inner layers left on the response: `rejected`
 //!   (with `kind`), `fallback` (with `source`), `replayed`, `internal_error`; an error
-//!   that reaches this layer is `failed`, logged with the error's text and debug form.
+//!   that reaches this layer is `failed`, logged with the error's text and debug form
+//!   (the service's error type is passed on untouched, so its `source()` chain cannot be
+//!   walked here; with [`RejectionResponseLayer`](crate::http::RejectionResponseLayer)
+//!   inside, as recommended, errors are answered there and logged with their whole
+//!   chain as [`InternalError`](crate::observe::Event::InternalError) events).
 //!
 //! Request headers are logged only when asked ([`log_headers`](LoggingLayer::log_headers)),
 //! and never `Authorization`, `Proxy-Authorization`, `Cookie`, `Set-Cookie` or the
