@@ -1,7 +1,7 @@
 //! The observer that turns events into `metrics` counters and gauges (feature `metrics`).
 
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use arc_swap::ArcSwap;
 use metrics::{Counter, Gauge, Label};
@@ -23,18 +23,40 @@ use crate::observe::{Event, Observer};
 /// The logging layer adds `parapet_requests_total` and
 /// `parapet_request_duration_seconds` (see [`logging`](crate::logging)).
 ///
-/// Each observer keeps the handles it registered (up to 4 096 label sets), so an event
-/// costs a lookup and an increment, not a registration. Handles are registered with the
+/// Each observer keeps the handles it registered (a fixed table for the counters of its
+/// own layer, and a list of up to 4 096 label sets for the rest), so an event costs a
+/// lookup and an increment, not a registration. Handles are registered with the
 /// recorder installed at the time of an observer's first event of that kind: install the
 /// recorder at startup, before traffic.
 #[derive(Clone, Default)]
 pub struct MetricsObserver {
     cache: Arc<Cache>,
+    fast: Arc<Fast>,
+}
+
+/// The common case without a lookup: an observer serves one layer, so one `name`; the
+/// metric, the layer and the third label are `&'static str`s, identified by address.
+/// A slot is written once; a collision or another name takes the general path.
+struct Fast {
+    name: OnceLock<Box<str>>,
+    slots: [OnceLock<([usize; 3], Handle)>; FAST_SLOTS],
+}
+
+const FAST_SLOTS: usize = 64;
+
+impl Default for Fast {
+    fn default() -> Self {
+        Fast {
+            name: OnceLock::new(),
+            slots: std::array::from_fn(|_| OnceLock::new()),
+        }
+    }
 }
 
 impl fmt::Debug for MetricsObserver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MetricsObserver")
+            .field("name", &self.fast.name.get())
             .field("handles", &self.cache.entries.load().len())
             .finish()
     }
@@ -128,6 +150,43 @@ impl MetricsObserver {
         handle
     }
 
+    /// Increment `metric{layer, name, key3=value3}` through the fast table when it can.
+    #[inline]
+    fn count_static(
+        &self,
+        metric: &'static str,
+        layer: &'static str,
+        name: &str,
+        third: (&'static str, &'static str),
+    ) -> bool {
+        let fast = &self.fast;
+        if &**fast.name.get_or_init(|| name.into()) != name {
+            return false;
+        }
+        let key = [
+            metric.as_ptr() as usize,
+            layer.as_ptr() as usize,
+            third.1.as_ptr() as usize ^ third.0.len(),
+        ];
+        let mix = key[0]
+            .wrapping_mul(0x9E37_79B9)
+            .wrapping_add(key[1].rotate_left(17))
+            .wrapping_add(key[2].rotate_left(31))
+            .wrapping_mul(0x85EB_CA6B);
+        let slot = &fast.slots[(mix >> 7) % FAST_SLOTS];
+        let (held, handle) = slot.get_or_init(|| {
+            let labels = [("layer", layer), ("name", name), third];
+            (key, self.register(metric, &labels, false))
+        });
+        if *held != key {
+            return false;
+        }
+        if let Handle::Counter(c) = handle {
+            c.increment(1);
+        }
+        true
+    }
+
     fn count(&self, entries: &[Entry], metric: &'static str, labels: &[(&'static str, &str)]) {
         self.with(entries, metric, labels, false, |h| {
             if let Handle::Counter(c) = h {
@@ -167,23 +226,22 @@ impl Observer for MetricsObserver {
     fn on_event(&self, event: &Event<'_>) {
         let layer = event.layer();
         let name = event.name();
-        let entries = self.cache.entries.load();
-        let entries: &[Entry] = &entries;
-        self.count(
-            entries,
-            "parapet_events_total",
-            &[
-                ("layer", layer),
-                ("name", name),
-                ("outcome", event.outcome()),
-            ],
-        );
-        let rejected = |kind: &'static str| {
+        let outcome = event.outcome();
+        if !self.count_static("parapet_events_total", layer, name, ("outcome", outcome)) {
             self.count(
-                entries,
-                "parapet_rejections_total",
-                &[("layer", layer), ("name", name), ("kind", kind)],
+                &self.cache.entries.load(),
+                "parapet_events_total",
+                &[("layer", layer), ("name", name), ("outcome", outcome)],
             );
+        }
+        let rejected = |kind: &'static str| {
+            if !self.count_static("parapet_rejections_total", layer, name, ("kind", kind)) {
+                self.count(
+                    &self.cache.entries.load(),
+                    "parapet_rejections_total",
+                    &[("layer", layer), ("name", name), ("kind", kind)],
+                );
+            }
         };
         match *event {
             Event::TimedOut { shadow: false, .. } => rejected("timeout"),
@@ -196,7 +254,7 @@ impl Observer for MetricsObserver {
             } => rejected(kind.as_str()),
             Event::CircuitStateChanged { key: None, to, .. } => {
                 self.set(
-                    entries,
+                    &self.cache.entries.load(),
                     "parapet_circuit_breaker_state",
                     &[("name", name)],
                     state_code(to),
@@ -205,7 +263,7 @@ impl Observer for MetricsObserver {
             Event::FallbackServed {
                 source, trigger, ..
             } => self.count(
-                entries,
+                &self.cache.entries.load(),
                 "parapet_fallbacks_total",
                 &[
                     ("name", name),
@@ -223,7 +281,7 @@ impl Observer for MetricsObserver {
                     rejected("feature_disabled");
                 }
                 self.count(
-                    entries,
+                    &self.cache.entries.load(),
                     "parapet_flag_gated_total",
                     &[("name", name), ("flag", flag), ("reason", reason.as_str())],
                 );
