@@ -108,6 +108,7 @@
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod bulkhead;
 pub mod circuit_breaker;
 pub mod classify;
 pub mod clock;
@@ -133,8 +134,10 @@ pub mod mode;
 pub mod observe;
 mod parse;
 pub mod rate_limit;
+pub mod retry;
 pub mod timeout;
 
+pub use bulkhead::BulkheadLayer;
 pub use circuit_breaker::CircuitBreakerLayer;
 pub use error::{BoxError, ConfigError, RateLimitInfo, Rejection, RejectionKind, RejectionKinds};
 pub use fallback::FallbackLayer;

@@ -12,6 +12,9 @@ use crate::observe::{Event, Observer};
 /// | `parapet_circuit_breaker_state` | gauge | `name` | unkeyed breakers: 0 closed, 1 open, 2 half-open, 3 disabled, 4 forced open, 5 metrics-only |
 /// | `parapet_fallbacks_total` | counter | `name`, `source`, `trigger` | fallback answers |
 /// | `parapet_flag_gated_total` | counter | `name`, `flag`, `reason` | requests a feature gate turned away (or would have) |
+/// | `parapet_bulkhead_limit` | gauge | `name` | a bulkhead's limit, after each change through its handle |
+/// | `parapet_retries_total` | counter | `name` | retry attempts started (the first call not included) |
+/// | `parapet_retry_calls_total` | counter | `name`, `result` | calls through a retry layer: `succeeded_without_retry`, `succeeded_with_retry`, `failed_without_retry`, `failed_with_retry` |
 ///
 /// `name` is the layer's configured name; no label ever holds a key, an IP or a user.
 /// The logging layer adds `parapet_requests_total` and
@@ -91,6 +94,22 @@ impl Observer for MetricsObserver {
                     "name" => name.clone(),
                     "flag" => flag.to_owned(),
                     "reason" => reason.as_str(),
+                )
+                .increment(1);
+            }
+            Event::BulkheadRejected { shadow: false, .. } => rejected("overloaded"),
+            Event::BulkheadLimitChanged { to, .. } => {
+                metrics::gauge!("parapet_bulkhead_limit", "name" => name.clone())
+                    .set(f64::from(to));
+            }
+            Event::RetryScheduled { .. } => {
+                metrics::counter!("parapet_retries_total", "name" => name.clone()).increment(1);
+            }
+            Event::RetryCompleted { .. } => {
+                metrics::counter!(
+                    "parapet_retry_calls_total",
+                    "name" => name.clone(),
+                    "result" => event.outcome(),
                 )
                 .increment(1);
             }
