@@ -148,6 +148,7 @@ pub use http::RejectionResponseLayer;
 pub use idempotency::IdempotencyLayer;
 pub use mode::{Mode, ModeHandle};
 pub use rate_limit::RateLimitLayer;
+pub use retry::RetryLayer;
 pub use timeout::{Deadline, TimeoutLayer};
 
 #[cfg(all(doctest, feature = "http"))]
