@@ -6,7 +6,7 @@
 //!
 //! | field | meaning |
 //! |---|---|
-//! | `layer` | `"timeout"`, `"fallback"`, `"circuit_breaker"`, `"idempotency"`, `"feature_gate"`, `"flags"`, `"admin"`, `"http"`, ... ([`Event::layer`]) |
+//! | `layer` | `"timeout"`, `"fallback"`, `"circuit_breaker"`, `"idempotency"`, `"feature_gate"`, `"flags"`, `"admin"`, `"http"`, `"retry"`, `"bulkhead"`, ... ([`Event::layer`]) |
 //! | `name` | the layer instance's configured name ([`Event::name`]) |
 //! | `outcome` | what was decided, e.g. `"timed_out"` ([`Event::outcome`]) |
 //! | `key` | the request's key, where the layer has one |
