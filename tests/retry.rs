@@ -795,3 +795,115 @@ mod http_requests {
         assert!(config.build_http().is_ok());
     }
 }
+
+#[cfg(feature = "metrics")]
+mod metrics {
+    use super::*;
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    /// One call of each kind through the default observer: succeeded without and with
+    /// retry, failed without and with retry; plus a bulkhead refusal and limit change.
+    #[test]
+    fn retry_and_bulkhead_metrics() {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        ::metrics::with_local_recorder(&recorder, || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .unwrap()
+                .block_on(async {
+                    let layer = RetryLayer::builder()
+                        .name("prices")
+                        .max_attempts(2)
+                        .backoff(Backoff::constant(MS))
+                        .no_budget()
+                        .build()
+                        .unwrap();
+                    // Attempts 1 ok; 2 fails, 3 ok; 4 and 5 fail; then always fail.
+                    let log = Log::new();
+                    let hits = log.clone();
+                    let svc = layer.layer(service_fn(move |n: u32| {
+                        let attempt = hits.hit();
+                        async move {
+                            if attempt == 1 || attempt == 3 {
+                                Ok(n)
+                            } else {
+                                Err(Reset)
+                            }
+                        }
+                    }));
+                    assert!(svc.clone().oneshot(1).await.is_ok());
+                    assert!(svc.clone().oneshot(2).await.is_ok());
+                    assert!(svc.clone().oneshot(3).await.is_err());
+                    let once = RetryLayer::builder()
+                        .name("prices")
+                        .max_attempts(1)
+                        .no_budget()
+                        .build()
+                        .unwrap();
+                    assert!(once.layer(svc.into_inner()).oneshot(4).await.is_err());
+
+                    let bulkhead = tower_parapet::BulkheadLayer::builder()
+                        .name("reports")
+                        .max_concurrent(1)
+                        .build()
+                        .unwrap();
+                    bulkhead.handle().set_limit(0);
+                    let refused = bulkhead
+                        .layer(service_fn(|_: u32| async { Ok::<_, Reset>(0) }))
+                        .oneshot(1)
+                        .await;
+                    assert!(refused.is_err());
+                });
+        });
+        let metrics: Vec<_> = snapshotter.snapshot().into_vec();
+        let find = |name: &str, labels: &[(&str, &str)]| -> Option<&DebugValue> {
+            metrics.iter().find_map(|(key, _, _, value)| {
+                let key = key.key();
+                let matches = key.name() == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| key.labels().any(|l| l.key() == *k && l.value() == *v));
+                matches.then_some(value)
+            })
+        };
+        for result in [
+            "succeeded_without_retry",
+            "succeeded_with_retry",
+            "failed_with_retry",
+            "failed_without_retry",
+        ] {
+            assert!(
+                matches!(
+                    find(
+                        "parapet_retry_calls_total",
+                        &[("name", "prices"), ("result", result)]
+                    ),
+                    Some(DebugValue::Counter(1))
+                ),
+                "{result}"
+            );
+        }
+        assert!(matches!(
+            find("parapet_retries_total", &[("name", "prices")]),
+            Some(DebugValue::Counter(2))
+        ));
+        assert!(matches!(
+            find(
+                "parapet_rejections_total",
+                &[
+                    ("layer", "bulkhead"),
+                    ("name", "reports"),
+                    ("kind", "overloaded")
+                ]
+            ),
+            Some(DebugValue::Counter(1))
+        ));
+        assert!(matches!(
+            find("parapet_bulkhead_limit", &[("name", "reports")]),
+            Some(DebugValue::Gauge(g)) if g.into_inner() == 0.0
+        ));
+    }
+}
