@@ -62,6 +62,20 @@
 //!   over the limit as "would have rejected", but lets it through at once (it holds no
 //!   slot); [`Mode::Off`](crate::Mode::Off) is a pass-through.
 //!
+//! # Errors
+//! `Error = BoxError`: a refusal is a boxed [`Rejection::Overloaded`](crate::Rejection::Overloaded)
+//! (with the configured `retry_after`); inner errors pass through untouched.
+//!
+//! # Shared state
+//! The counter, the limit and the waiters live in one `Arc` created by
+//! [`build`](BulkheadBuilder::build): every service the layer builds (every route of an
+//! axum `Router`, say) and every clone shares one limit. Build one layer per resource to
+//! protect.
+//!
+//! # Panics
+//! A panic in the inner service's `call` or while its future is polled unwinds through
+//! the permit, which gives the slot back; the bulkhead never panics itself.
+//!
 //! # Events
 //! [`Event::BulkheadRejected`](crate::observe::Event::BulkheadRejected) for every refusal
 //! (or would-be refusal in shadow mode), with the wait it made;

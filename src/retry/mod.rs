@@ -50,6 +50,24 @@
 //! # }
 //! ```
 //!
+//! # Errors
+//! `Error = BoxError`. The retry layer refuses nothing itself: the last attempt's error
+//! (an inner error, untouched, or an inner layer's [`Rejection`](crate::Rejection)) or
+//! failed response is what the caller gets. Only preparing the request can fail on its
+//! own: an HTTP body that errors while being buffered, or that turns out longer than its
+//! size hint ([`Rejection::PayloadTooLarge`](crate::Rejection::PayloadTooLarge)).
+//!
+//! # Shared state
+//! The settings, the jitter's seed sequence and the [`RetryBudget`] live in `Arc`s
+//! created by [`build`](RetryBuilder::build): every service the layer builds, and every
+//! clone, shares them. Each call's own state (attempt count, previous wait, the copy of
+//! the request) lives in its response future.
+//!
+//! # Panics
+//! Nothing is held across attempts but the budget's counters, so a panicking inner
+//! service (or a dropped response future) leaves nothing to release; a retry already
+//! counted in the budget stays counted.
+//!
 //! # Backoff and jitter
 //! [`Backoff::Constant`], [`Backoff::Linear`] or [`Backoff::Exponential`] give the wait
 //! before retry *n*, capped at `max`; [`Jitter`] is applied **after** the cap (full:

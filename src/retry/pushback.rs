@@ -40,8 +40,8 @@ fn rejection_pushback(err: &BoxError) -> Option<Pushback> {
 /// The longest header value parsed; anything longer is ignored.
 const MAX_VALUE: usize = 256;
 
-/// `Retry-After`: delay-seconds (ASCII digits only) or an HTTP-date (IMF-fixdate, e.g.
-/// `Sun, 06 Nov 1994 08:49:37 GMT`), as a wait from `now`. A date in the past is zero.
+/// `Retry-After`: delay-seconds (ASCII digits only) or an HTTP-date (see
+/// [`parse_http_date`]), as a wait from `now`. A date in the past is zero.
 ///
 /// ```
 /// use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -67,33 +67,62 @@ pub fn parse_retry_after(value: &[u8], now: SystemTime) -> Option<Duration> {
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
-/// An IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`, RFC 9110 §5.6.7). The obsolete
-/// RFC 850 and asctime forms are not accepted. The day name must be a day name, but is
-/// not checked against the date.
+/// An HTTP-date (RFC 9110 §5.6.7): the preferred IMF-fixdate (`Sun, 06 Nov 1994 08:49:37
+/// GMT`), and the two obsolete forms recipients must still accept, RFC 850 (`Sunday,
+/// 06-Nov-94 08:49:37 GMT`; a two-digit year below 70 is 20yy, otherwise 19yy) and asctime
+/// (`Sun Nov  6 08:49:37 1994`). Day names must be day names but are not checked against
+/// the date; dates before 1970 are refused.
 pub fn parse_http_date(value: &[u8]) -> Option<SystemTime> {
-    const DAYS: [&[u8]; 7] = [b"Mon", b"Tue", b"Wed", b"Thu", b"Fri", b"Sat", b"Sun"];
-    const MONTHS: [&[u8]; 12] = [
-        b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov",
-        b"Dec",
-    ];
     let v = value;
-    if v.len() != 29
-        || !DAYS.contains(&&v[0..3])
-        || &v[3..5] != b", "
-        || v[7] != b' '
-        || v[11] != b' '
-        || v[16] != b' '
-        || v[19] != b':'
-        || v[22] != b':'
-        || &v[25..] != b" GMT"
-    {
+    let (day, month, year, time) = if v.len() == 29 && v.get(3) == Some(&b',') {
+        // IMF-fixdate: "Sun, 06 Nov 1994 08:49:37 GMT"
+        if !SHORT_DAYS.contains(&&v[0..3])
+            || v[4] != b' '
+            || v[7] != b' '
+            || v[11] != b' '
+            || v[16] != b' '
+            || &v[25..] != b" GMT"
+        {
+            return None;
+        }
+        (&v[5..7], &v[8..11], digits(&v[12..16])?, &v[17..25])
+    } else if v.len() == 24 && v.get(3) == Some(&b' ') {
+        // asctime: "Sun Nov  6 08:49:37 1994"
+        if !SHORT_DAYS.contains(&&v[0..3]) || v[7] != b' ' || v[10] != b' ' || v[19] != b' ' {
+            return None;
+        }
+        let day: &[u8] = if v[8] == b' ' { &v[9..10] } else { &v[8..10] };
+        (day, &v[4..7], digits(&v[20..24])?, &v[11..19])
+    } else {
+        // RFC 850: "Sunday, 06-Nov-94 08:49:37 GMT"
+        let comma = v.iter().position(|&b| b == b',')?;
+        if !LONG_DAYS.contains(&&v[..comma]) {
+            return None;
+        }
+        let rest = &v[comma..];
+        if rest.len() != 24
+            || rest[1] != b' '
+            || rest[4] != b'-'
+            || rest[8] != b'-'
+            || rest[11] != b' '
+            || &rest[20..] != b" GMT"
+        {
+            return None;
+        }
+        let yy = digits(&rest[9..11])?;
+        let year = if yy < 70 { 2000 + yy } else { 1900 + yy };
+        (&rest[2..4], &rest[5..8], year, &rest[12..20])
+    };
+    if time.len() != 8 || time[2] != b':' || time[5] != b':' {
         return None;
     }
-    let num = |r: std::ops::Range<usize>| parse_digits(&v[r.clone()], r.len());
-    let day = num(5..7)?;
-    let month = MONTHS.iter().position(|m| *m == &v[8..11])? as u64 + 1;
-    let year = num(12..16)?;
-    let (hour, minute, second) = (num(17..19)?, num(20..22)?, num(23..25)?);
+    let day = digits(day)?;
+    let month = MONTHS.iter().position(|m| *m == month)? as u64 + 1;
+    let (hour, minute, second) = (
+        digits(&time[0..2])?,
+        digits(&time[3..5])?,
+        digits(&time[6..8])?,
+    );
     if year < 1970 || day == 0 || day > days_in_month(year, month) || hour > 23 || minute > 59 {
         return None;
     }
@@ -106,6 +135,24 @@ pub fn parse_http_date(value: &[u8]) -> Option<SystemTime> {
     let days = days_since_epoch(year, month, day);
     let secs = days * 86_400 + hour * 3_600 + minute * 60 + second;
     UNIX_EPOCH.checked_add(Duration::from_secs(secs))
+}
+
+const SHORT_DAYS: [&[u8]; 7] = [b"Mon", b"Tue", b"Wed", b"Thu", b"Fri", b"Sat", b"Sun"];
+const LONG_DAYS: [&[u8]; 7] = [
+    b"Monday",
+    b"Tuesday",
+    b"Wednesday",
+    b"Thursday",
+    b"Friday",
+    b"Saturday",
+    b"Sunday",
+];
+const MONTHS: [&[u8]; 12] = [
+    b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec",
+];
+
+fn digits(bytes: &[u8]) -> Option<u64> {
+    parse_digits(bytes, bytes.len())
 }
 
 fn is_leap(year: u64) -> bool {
@@ -276,10 +323,25 @@ mod tests {
             parse_http_date(b"Fri, 31 Dec 2027 23:59:59 GMT"),
             Some(at(1_830_297_599))
         );
+        let obsolete = Some(at(784_111_777));
+        assert_eq!(parse_http_date(b"Sunday, 06-Nov-94 08:49:37 GMT"), obsolete);
+        assert_eq!(parse_http_date(b"Sun Nov  6 08:49:37 1994"), obsolete);
+        assert_eq!(
+            parse_http_date(b"Wednesday, 01-Jan-25 00:00:00 GMT"),
+            Some(at(1_735_689_600))
+        );
+        assert_eq!(
+            parse_http_date(b"Wed Dec 31 23:59:59 2025"),
+            Some(at(1_767_225_599))
+        );
         for bad in [
             &b"Sun, 06 Nov 1994 08:49:37 UTC"[..],
-            b"Sunday, 06-Nov-94 08:49:37 GMT",
-            b"Sun Nov  6 08:49:37 1994",
+            b"Sun,  06 Nov 1994 08:49:37 GMT",
+            b"Sunday, 06-Nov-1994 08:49:37 GMT",
+            b"Sun, 06-Nov-94 08:49:37 GMT",
+            b"Sun Nov 6 08:49:37 1994",
+            b"Sun Nov  6 08-49-37 1994",
+            b"Funday, 06-Nov-94 08:49:37 GMT",
             b"Xyz, 06 Nov 1994 08:49:37 GMT",
             b"Sun, 31 Nov 1994 08:49:37 GMT",
             b"Mon, 29 Feb 2100 08:49:37 GMT",
