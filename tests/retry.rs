@@ -907,3 +907,40 @@ mod metrics {
         ));
     }
 }
+
+mod bounds {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever the shape, the retry's number and the random draw: the wait before
+        /// jitter never exceeds the cap, full jitter stays in `[0, capped]`, and
+        /// decorrelated jitter in `[first wait, max]`.
+        #[test]
+        fn waits_stay_within_their_bounds(
+            initial_ms in 0u32..1_000,
+            extra_ms in 0u32..5_000,
+            multiplier in 1.0f64..4.0,
+            n in 1u32..200,
+            random in 0.0f64..1.0,
+            previous_ms in 0u32..20_000,
+        ) {
+            let initial = initial_ms * MS;
+            let max = (initial_ms + extra_ms) * MS;
+            let previous = previous_ms * MS;
+            for backoff in [
+                Backoff::constant(initial),
+                Backoff::linear(initial, (extra_ms / 3) * MS, max),
+                Backoff::exponential(initial, multiplier, max),
+            ] {
+                let capped = backoff.capped(n);
+                prop_assert!(capped <= backoff.max());
+                prop_assert!(capped >= backoff.initial().min(backoff.max()));
+                prop_assert_eq!(backoff.delay(Jitter::None, n, previous, random), capped);
+                prop_assert!(backoff.delay(Jitter::Full, n, previous, random) <= capped);
+                let d = backoff.delay(Jitter::Decorrelated, n, previous, random);
+                prop_assert!(d >= backoff.initial().min(backoff.max()) && d <= backoff.max());
+            }
+        }
+    }
+}
