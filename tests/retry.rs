@@ -944,3 +944,73 @@ mod bounds {
         }
     }
 }
+
+/// Both layers go into `axum::Router::layer` as they are (behind the edge adapter): the
+/// retry replays a GET to a route that fails once, the bulkhead shares one limit across
+/// routes.
+#[cfg(feature = "axum")]
+#[tokio::test(start_paused = true)]
+async fn in_an_axum_router() {
+    use axum::body::Body;
+    use axum::routing::get;
+    use tower::ServiceBuilder;
+    use tower_parapet::BulkheadLayer;
+    use tower_parapet::http::RejectionResponseLayer;
+
+    let calls = Arc::new(AtomicU32::new(0));
+    let seen = calls.clone();
+    let app = axum::Router::new()
+        .route(
+            "/flaky",
+            get(move || {
+                let n = seen.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    if n == 0 {
+                        (http::StatusCode::SERVICE_UNAVAILABLE, "warming up")
+                    } else {
+                        (http::StatusCode::OK, "ready")
+                    }
+                }
+            }),
+        )
+        .route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                "done"
+            }),
+        )
+        .layer(
+            ServiceBuilder::new()
+                .layer(RejectionResponseLayer::new())
+                .layer(
+                    BulkheadLayer::builder()
+                        .max_concurrent(1)
+                        .observer(())
+                        .build()
+                        .unwrap(),
+                )
+                .layer(
+                    RetryLayer::http()
+                        .backoff(Backoff::constant(10 * MS))
+                        .observer(())
+                        .build()
+                        .unwrap(),
+                ),
+        );
+    let req = |path: &str| http::Request::get(path).body(Body::empty()).unwrap();
+    let res = app.clone().oneshot(req("/flaky")).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    let (a, b) = tokio::join!(app.clone().oneshot(req("/slow")), async {
+        tokio::task::yield_now().await;
+        app.clone().oneshot(req("/flaky")).await
+    });
+    assert_eq!(a.unwrap().status(), 200);
+    assert_eq!(b.unwrap().status(), 503, "one limit for every route");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "refused before the handler"
+    );
+}

@@ -51,8 +51,8 @@
 //!   its body streams.
 //! - **Waiting** ([`max_wait`](BulkheadBuilder::max_wait)) runs on tokio's timer, so
 //!   paused-time tests drive it. A waiting call keeps the service the caller made ready
-//!   (a clone takes its place, as in `tower::filter::AsyncFilter`), so the inner service
-//!   must be `Clone`. Waiters are woken one per freed slot, but a call arriving at that
+//!   (a clone takes its place, as in `tower::filter::AsyncFilter`), which is why the
+//!   inner service must be `Clone` (with or without `max_wait`). Waiters are woken one per freed slot, but a call arriving at that
 //!   moment can take the slot first: there is no strict FIFO order. The wait allocates
 //!   one boxed future; admission without waiting allocates nothing.
 //! - **Runtime limit.** [`BulkheadHandle::set_limit`] raises (waking waiters) or lowers
