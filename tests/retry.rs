@@ -789,6 +789,57 @@ mod http_requests {
         assert_eq!(seen[1].2, Some(Tenant("acme")));
     }
 
+    /// Retry outside a circuit breaker: once the breaker opens, its refusal carries the
+    /// open wait as pushback, which does not fit the request's deadline, so retrying ends
+    /// instead of hammering the breaker.
+    #[tokio::test(start_paused = true)]
+    async fn an_open_circuit_ends_retrying() {
+        use tower_parapet::circuit_breaker::{CircuitBreakerLayer, SlidingWindow};
+        let (seen, observer) = events();
+        let log = Log::new();
+        let hits = log.clone();
+        let svc = tower::ServiceBuilder::new()
+            .layer(
+                RetryLayer::http()
+                    .max_attempts(10)
+                    .backoff(Backoff::constant(10 * MS))
+                    .jitter(Jitter::None)
+                    .no_budget()
+                    .observer(observer)
+                    .build()
+                    .unwrap(),
+            )
+            .layer(
+                CircuitBreakerLayer::http()
+                    .sliding_window(SlidingWindow::count(2))
+                    .minimum_calls(2)
+                    .wait_in_open(Duration::from_secs(30))
+                    .observer(())
+                    .build()
+                    .unwrap(),
+            )
+            .service(service_fn(move |_: Request<Body>| {
+                hits.hit();
+                async { Ok::<_, BoxError>(answer(503, &[])) }
+            }));
+        let mut req = request(Method::GET, "");
+        req.extensions_mut()
+            .insert(Deadline::after(Duration::from_secs(5)));
+        let err = svc.oneshot(req).await.unwrap_err();
+        let rejection = Rejection::from_box(&err).expect("the breaker's refusal");
+        assert_eq!(rejection.kind(), tower_parapet::RejectionKind::CircuitOpen);
+        assert_eq!(log.count(), 2, "two failures opened the breaker");
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [
+                "retry_scheduled",
+                "retry_scheduled",
+                "retry_stopped:deadline",
+                "failed_with_retry"
+            ]
+        );
+    }
+
     #[test]
     fn http_config_builds() {
         let config: RetryConfig = serde_json::from_str(r#"{ "max_body_bytes": 10 }"#).unwrap();
