@@ -21,6 +21,7 @@ use http_body_util::{BodyExt, Full};
 use tokio::time::Instant;
 use tower::util::BoxCloneService;
 use tower::{BoxError, Service, ServiceBuilder, ServiceExt, service_fn};
+use tower_parapet::BulkheadLayer;
 use tower_parapet::circuit_breaker::{CircuitBreakerLayer, SlidingWindow};
 use tower_parapet::classify::ServerErrorsAsFailures;
 use tower_parapet::fallback::{self, FallbackLayer, HeaderMark, LastKnownGood};
@@ -30,6 +31,7 @@ use tower_parapet::idempotency::{Conflict, IdempotencyLayer};
 use tower_parapet::key::{ClientIp, PeerAddr, Target};
 use tower_parapet::observe::Event;
 use tower_parapet::rate_limit::{Quota, RateLimitLayer};
+use tower_parapet::retry::{Backoff, RetryLayer};
 use tower_parapet::timeout::{Deadline, HttpDeadline, TimeoutLayer};
 use tower_parapet::{Mode, ModeHandle};
 
@@ -100,6 +102,21 @@ impl Journal {
                     flag, change, by, ..
                 } => format!(" `{flag}` {change} by {by}"),
                 Event::FeatureGated { flag, reason, .. } => format!(" `{flag}` ({reason})"),
+                Event::RetryScheduled {
+                    attempt,
+                    delay,
+                    pushback,
+                    ..
+                } => {
+                    let pushed = pushback
+                        .map(|p| format!(", server said {}", ms(p)))
+                        .unwrap_or_default();
+                    format!(" (attempt {attempt} in {}{pushed})", ms(delay))
+                }
+                Event::RetryStopped { reason, .. } => format!(" ({})", reason.as_str()),
+                Event::BulkheadRejected { limit, waited, .. } => {
+                    format!(" (limit {limit}, waited {})", ms(waited))
+                }
                 _ => String::new(),
             };
             log.lock()
@@ -813,6 +830,110 @@ async fn kill_switch(journal: &Journal) {
     );
 }
 
+async fn blip(journal: &Journal) {
+    // Prices fail twice in a row now and then (a node restarting), and once answer 503 with
+    // `Retry-After: 1` while they shed load.
+    let dep = dependency(move |n, _| async move {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let mut res = ok(format!("price #{n}"));
+        match n {
+            1 | 2 | 6 => *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE,
+            4 => {
+                *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                res.headers_mut()
+                    .insert("retry-after", http::HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
+        Ok(res)
+    });
+    let retry = RetryLayer::http()
+        .name("prices")
+        .max_attempts(3)
+        .backoff(Backoff::exponential(
+            Duration::from_millis(50),
+            2.0,
+            Duration::from_secs(1),
+        ))
+        .seed(11)
+        .observer(journal.observer())
+        .build()
+        .expect("a valid retry layer");
+    let mut svc: Stack = BoxCloneService::new(
+        ServiceBuilder::new()
+            .layer(RejectionResponseLayer::new().observer(journal.observer()))
+            .layer(
+                TimeoutLayer::new(Duration::from_secs(2))
+                    .deadline(HttpDeadline::new())
+                    .observer(journal.observer()),
+            )
+            .layer(retry)
+            .service(dep),
+    );
+    let mut t = Table::new();
+    t.send(&mut svc, journal, "GET /price (a blip)", get("/price"))
+        .await;
+    t.send(
+        &mut svc,
+        journal,
+        "GET /price (shedding load)",
+        get("/price"),
+    )
+    .await;
+    let post = Request::post("/price").body(Body::default()).unwrap();
+    t.send(&mut svc, journal, "POST /price (no Idempotency-Key)", post)
+        .await;
+    t.print(
+        "11. A blip: retries absorb it, politely",
+        "The first request fails twice and succeeds on its third attempt, after backoffs with \
+         full jitter (seeded here, so the table does not change). When the server answers \
+         503 with Retry-After: 1, the next attempt waits that second instead of the shorter \
+         backoff. A POST without an Idempotency-Key is never repeated: its 503 goes back to \
+         the client. A retry budget shared by every clone (20 % of requests + 10/s) would \
+         stop the retries if the dependency stayed down, and no attempt starts that could \
+         not finish before the 2 s deadline.",
+    );
+}
+
+async fn bulkhead(journal: &Journal) {
+    // Reports take a second each; the bulkhead lets two run at once and a third wait 300 ms.
+    let dep = dependency(move |n, _| async move {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        Ok(ok(format!("report #{n}")))
+    });
+    let bulkhead = BulkheadLayer::builder()
+        .name("reports")
+        .max_concurrent(2)
+        .max_wait(Duration::from_millis(300))
+        .retry_after(Duration::from_secs(1))
+        .observer(journal.observer())
+        .build()
+        .expect("a valid bulkhead");
+    let svc: Stack = BoxCloneService::new(
+        ServiceBuilder::new()
+            .layer(RejectionResponseLayer::new().observer(journal.observer()))
+            .layer(bulkhead)
+            .service(dep),
+    );
+    let mut t = Table::new();
+    let (mut a, mut b, mut c) = (svc.clone(), svc.clone(), svc.clone());
+    let (ra, rb, rc) = tokio::join!(
+        exchange(&mut a, get("/report")),
+        exchange(&mut b, get("/report")),
+        exchange(&mut c, get("/report")),
+    );
+    for (i, (sent, answer, body)) in [ra, rb, rc].into_iter().enumerate() {
+        let decided = if i == 2 { journal.take() } else { "-".into() };
+        t.push(sent, "GET /report (3 at once)", answer, body, decided);
+    }
+    t.print(
+        "12. Too many slow reports: the bulkhead keeps the rest of the service alive",
+        "Two reports run; the third waits up to 300 ms for a slot, none frees up, and it gets \
+         503 with Retry-After instead of tying up a worker for a second. The limit is shared \
+         by every clone of the service and can be changed at runtime through its handle.",
+    );
+}
+
 fn main() {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -833,6 +954,8 @@ fn main() {
         flood(&journal).await;
         double_click(&journal).await;
         kill_switch(&journal).await;
+        blip(&journal).await;
+        bulkhead(&journal).await;
         println!(
             "\nHere a journal observer collected the decisions for the tables. By default each one \
              is a `tracing` event with the fields layer, name, outcome (and key, state, \

@@ -10,6 +10,8 @@
 //! | [`RejectionsAsFailures`] | a rejection of the chosen kinds, nothing else |
 //! | [`ServerErrorsAsFailures`] (`http`) | an error, or a response with status 5xx |
 //! | [`GrpcErrorsAsFailures`] (`http`) | an error, or a trailers-only response whose `grpc-status` is a server fault |
+//! | [`TransientErrors`] | an error that another attempt may not repeat: any error except refusals that would answer the same again (feature off, idempotency conflicts, payload too large); the retry layer's default |
+//! | [`TransientHttpFailures`] (`http`) | such an error, a 502, 503 or 504, a 429 that says when to come back, or a trailers-only gRPC `UNAVAILABLE`; the HTTP retry layer's default |
 //! | [`from_fn`] | your closure says so |
 
 use std::fmt;
@@ -71,6 +73,38 @@ impl<Res> Classifier<Res> for RejectionsAsFailures {
     }
 }
 
+/// Errors that another attempt may not repeat are failures: connection errors, timeouts,
+/// an open circuit, an overloaded or rate-limited dependency — any error except the
+/// refusals that would answer the same again (feature disabled, idempotency conflicts,
+/// payload too large), which are [`Ignored`](Outcome::Ignored). Responses are successes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TransientErrors;
+
+fn transient_error(err: &BoxError) -> Outcome {
+    use crate::error::RejectionKind as K;
+    match Rejection::from_box(err).map(Rejection::kind) {
+        Some(
+            K::FeatureDisabled
+            | K::IdempotencyKeyMissing
+            | K::IdempotencyKeyInvalid
+            | K::IdempotencyInFlight
+            | K::IdempotencyMismatch
+            | K::PayloadTooLarge,
+        ) => Outcome::Ignored,
+        _ => Outcome::Failure,
+    }
+}
+
+impl<Res> Classifier<Res> for TransientErrors {
+    #[inline]
+    fn classify(&self, result: Result<&Res, &BoxError>) -> Outcome {
+        match result {
+            Ok(_) => Outcome::Success,
+            Err(e) => transient_error(e),
+        }
+    }
+}
+
 /// A classifier from a closure; see [`from_fn`].
 #[derive(Clone, Copy)]
 pub struct FnClassifier<F>(F);
@@ -109,7 +143,7 @@ where
 }
 
 #[cfg(feature = "http")]
-pub use self::http_classes::{GrpcErrorsAsFailures, ServerErrorsAsFailures};
+pub use self::http_classes::{GrpcErrorsAsFailures, ServerErrorsAsFailures, TransientHttpFailures};
 
 #[cfg(feature = "http")]
 mod http_classes {
@@ -127,6 +161,39 @@ mod http_classes {
                 Ok(res) if res.status().is_server_error() => Outcome::Failure,
                 Ok(_) => Outcome::Success,
                 Err(_) => Outcome::Failure,
+            }
+        }
+    }
+
+    /// What another attempt may fix: the errors of [`TransientErrors`](super::TransientErrors),
+    /// `502`, `503` and `504` responses, a `429` that carries `Retry-After`, a `RateLimit`
+    /// field or `grpc-retry-pushback-ms` (a client told when to come back), and a
+    /// trailers-only gRPC `UNAVAILABLE`. Everything else (other 5xx included: a `500` is
+    /// usually a bug that answers the same again) is a success.
+    #[derive(Debug, Clone, Copy, Default)]
+    pub struct TransientHttpFailures;
+
+    impl<B> Classifier<http::Response<B>> for TransientHttpFailures {
+        fn classify(&self, result: Result<&http::Response<B>, &BoxError>) -> Outcome {
+            let res = match result {
+                Ok(res) => res,
+                Err(e) => return super::transient_error(e),
+            };
+            let h = res.headers();
+            match res.status().as_u16() {
+                502..=504 => Outcome::Failure,
+                429 if h.contains_key(http::header::RETRY_AFTER)
+                    || h.contains_key("ratelimit")
+                    || h.contains_key("grpc-retry-pushback-ms") =>
+                {
+                    Outcome::Failure
+                }
+                _ if h.get("grpc-status").and_then(|v| Code::parse(v.as_bytes()))
+                    == Some(Code::Unavailable) =>
+                {
+                    Outcome::Failure
+                }
+                _ => Outcome::Success,
             }
         }
     }

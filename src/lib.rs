@@ -13,6 +13,8 @@
 //! | fallback | what do we answer when it fails? (value, function, last known good) | [`fallback`] |
 //! | circuit breaker | how do we stop hammering a dead dependency? | [`circuit_breaker`] |
 //! | rate limit | what if someone sends 10 000 requests? (global or per client IP, API key, route) | [`rate_limit`] |
+//! | retry | how do we recover from a blip without causing a storm? (backoff with jitter, shared budget, pushback, deadlines, safe methods only) | [`retry`] ([`RetryLayer`]) |
+//! | bulkhead | how do we keep one slow dependency from taking every worker? (shared concurrency limit, bounded wait, runtime limit) | [`bulkhead`] ([`BulkheadLayer`]) |
 //! | idempotency | what if the user double-clicks Pay? (replay, in-flight claims, conflicts) | [`idempotency`] (feature `http`) |
 //! | feature gate | can I switch it off now, without a deploy? (kill switches, sticky percentage rollouts, targeting, flags from files, bound modes) | [`flags`] ([`FeatureGateLayer`]) |
 //! | edge adapter | how does a refusal reach the client? | [`http`] (feature `http`) |
@@ -20,8 +22,8 @@
 //! | health | should this instance get traffic? (registry, snapshot, `/livez`, `/readyz`) | [`health`] |
 //! | admin router | who flips the switch, and who did? (flags, breakers, modes, behind a token) | [`http::admin`] (feature `axum`) |
 //!
-//! Retries, bulkheads and
-//! caching build on the same shared core and arrive as their own modules.
+//! Caching, hedging and fault injection build on the same shared core and arrive as their
+//! own modules.
 //!
 //! # The shared core
 //! - [`Rejection`]: one typed error for every refusal (timeout, circuit open, rate limited,
@@ -55,6 +57,9 @@
 //! | `parapet_fallbacks_total` | counter | `name`, `source`, `trigger` |
 //! | `parapet_flag_gated_total` | counter | `name`, `flag`, `reason` (OpenFeature reason) |
 //! | `parapet_flag_evaluations_total` | counter | `name`, `flag`, `reason` (every gate evaluation; handles registered at a gate's first evaluation, so install the recorder at startup) |
+//! | `parapet_retries_total` | counter | `name` (retry attempts started, the first call not included) |
+//! | `parapet_retry_calls_total` | counter | `name`, `result` (`succeeded_without_retry`, `succeeded_with_retry`, `failed_without_retry`, `failed_with_retry`) |
+//! | `parapet_bulkhead_limit` | gauge | `name` (after each change through the handle) |
 //! | `parapet_requests_total` | counter | `method`, `route`, `status`, `outcome` |
 //! | `parapet_request_duration_seconds` | histogram | `method`, `route`, `outcome` |
 //!
@@ -66,10 +71,13 @@
 //! 2. [`http::RejectionResponseLayer`] — everything below may refuse; this turns refusals
 //!    into responses, so the stack needs no `HandleErrorLayer`,
 //! 3. [`RateLimitLayer`], [`FeatureGateLayer`], idempotency (refuse cheaply, before any
-//!    work),
+//!    work), and a [`BulkheadLayer`] around the expensive part,
 //! 4. [`fallback::FallbackLayer`] — outside the breaker and the timeout, so it answers for
 //!    an open circuit and a timeout alike,
-//! 5. retry, then [`circuit_breaker::CircuitBreakerLayer`] (one breaker per dependency),
+//! 5. [`RetryLayer`] (inside an overall [`TimeoutLayer`] when the call needs a deadline:
+//!    retries never start an attempt past it), then
+//!    [`circuit_breaker::CircuitBreakerLayer`] (one breaker per dependency: an open
+//!    circuit ends retrying through its `retry_after`),
 //! 6. [`timeout::TimeoutLayer`] — inside the breaker, so the breaker counts a timeout as a
 //!    failure (a future dropped from outside counts as cancelled, not failed),
 //! 7. the service.
@@ -109,6 +117,7 @@
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod bulkhead;
 pub mod circuit_breaker;
 pub mod classify;
 pub mod clock;
@@ -134,8 +143,10 @@ pub mod mode;
 pub mod observe;
 mod parse;
 pub mod rate_limit;
+pub mod retry;
 pub mod timeout;
 
+pub use bulkhead::BulkheadLayer;
 pub use circuit_breaker::CircuitBreakerLayer;
 pub use error::{BoxError, ConfigError, RateLimitInfo, Rejection, RejectionKind, RejectionKinds};
 pub use fallback::FallbackLayer;
@@ -146,6 +157,7 @@ pub use http::RejectionResponseLayer;
 pub use idempotency::IdempotencyLayer;
 pub use mode::{Mode, ModeHandle};
 pub use rate_limit::RateLimitLayer;
+pub use retry::RetryLayer;
 pub use timeout::{Deadline, TimeoutLayer};
 
 #[cfg(all(doctest, feature = "http"))]

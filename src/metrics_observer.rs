@@ -18,6 +18,9 @@ use crate::observe::{Event, Observer};
 /// | `parapet_circuit_breaker_state` | gauge | `name` | unkeyed breakers: 0 closed, 1 open, 2 half-open, 3 disabled, 4 forced open, 5 metrics-only |
 /// | `parapet_fallbacks_total` | counter | `name`, `source`, `trigger` | fallback answers |
 /// | `parapet_flag_gated_total` | counter | `name`, `flag`, `reason` | requests a feature gate turned away (or would have) |
+/// | `parapet_bulkhead_limit` | gauge | `name` | a bulkhead's limit, after each change through its handle |
+/// | `parapet_retries_total` | counter | `name` | retry attempts started (the first call not included) |
+/// | `parapet_retry_calls_total` | counter | `name`, `result` | calls through a retry layer: `succeeded_without_retry`, `succeeded_with_retry`, `failed_without_retry`, `failed_with_retry` |
 ///
 /// `name` is the layer's configured name; no label ever holds a key, an IP or a user.
 /// The logging layer adds `parapet_requests_total` and
@@ -286,6 +289,23 @@ impl Observer for MetricsObserver {
                     &[("name", name), ("flag", flag), ("reason", reason.as_str())],
                 );
             }
+            Event::BulkheadRejected { shadow: false, .. } => rejected("overloaded"),
+            Event::BulkheadLimitChanged { to, .. } => self.set(
+                &self.cache.entries.load(),
+                "parapet_bulkhead_limit",
+                &[("name", name)],
+                f64::from(to),
+            ),
+            Event::RetryScheduled { .. } => self.count(
+                &self.cache.entries.load(),
+                "parapet_retries_total",
+                &[("name", name)],
+            ),
+            Event::RetryCompleted { .. } => self.count(
+                &self.cache.entries.load(),
+                "parapet_retry_calls_total",
+                &[("name", name), ("result", outcome)],
+            ),
             _ => {}
         }
     }

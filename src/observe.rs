@@ -6,7 +6,7 @@
 //!
 //! | field | meaning |
 //! |---|---|
-//! | `layer` | `"timeout"`, `"fallback"`, `"circuit_breaker"`, `"idempotency"`, `"feature_gate"`, `"flags"`, `"admin"`, `"http"`, ... ([`Event::layer`]) |
+//! | `layer` | `"timeout"`, `"fallback"`, `"circuit_breaker"`, `"idempotency"`, `"feature_gate"`, `"flags"`, `"admin"`, `"http"`, `"retry"`, `"bulkhead"`, ... ([`Event::layer`]) |
 //! | `name` | the layer instance's configured name ([`Event::name`]) |
 //! | `outcome` | what was decided, e.g. `"timed_out"` ([`Event::outcome`]) |
 //! | `key` | the request's key, where the layer has one |
@@ -326,6 +326,59 @@ pub enum Event<'a> {
         /// The request's method and path.
         path: &'a str,
     },
+    /// The bulkhead refused a call: its limit of concurrent calls was reached and no
+    /// permit came free (at once, or within its maximum wait). With `shadow` set the call
+    /// went through anyway.
+    BulkheadRejected {
+        /// The bulkhead's name.
+        name: &'a str,
+        /// The limit in force.
+        limit: u32,
+        /// How long the call waited for a permit (zero when the bulkhead does not wait).
+        waited: Duration,
+        /// Whether this was only reported (shadow mode).
+        shadow: bool,
+    },
+    /// The bulkhead's limit was changed at runtime through its handle.
+    BulkheadLimitChanged {
+        /// The bulkhead's name.
+        name: &'a str,
+        /// The previous limit.
+        from: u32,
+        /// The new limit.
+        to: u32,
+    },
+    /// An attempt failed in a way the retry layer retries, and another attempt will start
+    /// after `delay`.
+    RetryScheduled {
+        /// The retry layer's name.
+        name: &'a str,
+        /// The number of the attempt about to start (2 for the first retry).
+        attempt: u32,
+        /// The wait before it: the backoff, or the server's pushback if longer.
+        delay: Duration,
+        /// The server's pushback, when the failed answer carried one.
+        pushback: Option<Duration>,
+    },
+    /// An attempt failed in a way the retry layer retries, but no further attempt is made;
+    /// its result is returned.
+    RetryStopped {
+        /// The retry layer's name.
+        name: &'a str,
+        /// The attempts made, the first call included.
+        attempts: u32,
+        /// Why no further attempt is made.
+        reason: crate::retry::StopReason,
+    },
+    /// A call through the retry layer finished (one event per call, not per attempt).
+    RetryCompleted {
+        /// The retry layer's name.
+        name: &'a str,
+        /// The attempts made, the first call included.
+        attempts: u32,
+        /// Whether the last attempt succeeded (by the layer's classifier).
+        succeeded: bool,
+    },
 }
 
 /// What made a fallback fire.
@@ -386,6 +439,10 @@ impl Event<'_> {
             | Event::FlagSourceFailed { .. }
             | Event::ModeChanged { .. } => "flags",
             Event::AdminChanged { .. } | Event::AdminDenied { .. } => "admin",
+            Event::BulkheadRejected { .. } | Event::BulkheadLimitChanged { .. } => "bulkhead",
+            Event::RetryScheduled { .. }
+            | Event::RetryStopped { .. }
+            | Event::RetryCompleted { .. } => "retry",
         }
     }
 
@@ -417,7 +474,12 @@ impl Event<'_> {
             | Event::FlagSourceFailed { name, .. }
             | Event::ModeChanged { name, .. }
             | Event::AdminChanged { name, .. }
-            | Event::AdminDenied { name, .. } => name,
+            | Event::AdminDenied { name, .. }
+            | Event::BulkheadRejected { name, .. }
+            | Event::BulkheadLimitChanged { name, .. }
+            | Event::RetryScheduled { name, .. }
+            | Event::RetryStopped { name, .. }
+            | Event::RetryCompleted { name, .. } => name,
         }
     }
 
@@ -466,6 +528,27 @@ impl Event<'_> {
             Event::ModeChanged { .. } => "mode_changed",
             Event::AdminChanged { .. } => "admin_changed",
             Event::AdminDenied { .. } => "admin_denied",
+            Event::BulkheadRejected { shadow: false, .. } => "rejected",
+            Event::BulkheadRejected { shadow: true, .. } => "would_have_rejected",
+            Event::BulkheadLimitChanged { .. } => "limit_changed",
+            Event::RetryScheduled { .. } => "retry_scheduled",
+            Event::RetryStopped { .. } => "retry_stopped",
+            Event::RetryCompleted {
+                attempts: 1,
+                succeeded: true,
+                ..
+            } => "succeeded_without_retry",
+            Event::RetryCompleted {
+                succeeded: true, ..
+            } => "succeeded_with_retry",
+            Event::RetryCompleted {
+                attempts: 1,
+                succeeded: false,
+                ..
+            } => "failed_without_retry",
+            Event::RetryCompleted {
+                succeeded: false, ..
+            } => "failed_with_retry",
         }
     }
 
@@ -507,6 +590,14 @@ impl Event<'_> {
             | Event::AdminChanged { .. }
             | Event::AdminDenied { .. } => tracing::Level::WARN,
             Event::FlagSourceFailed { .. } => tracing::Level::ERROR,
+            Event::BulkheadRejected { shadow: false, .. } | Event::BulkheadLimitChanged { .. } => {
+                tracing::Level::WARN
+            }
+            Event::BulkheadRejected { shadow: true, .. } | Event::RetryStopped { .. } => {
+                tracing::Level::INFO
+            }
+            Event::RetryScheduled { .. } => tracing::Level::DEBUG,
+            Event::RetryCompleted { .. } => tracing::Level::TRACE,
         }
     }
 }
@@ -807,6 +898,49 @@ impl Observer for TracingObserver {
                     "admin request without valid credentials"
                 )
             }
+            Event::BulkheadRejected {
+                limit,
+                waited,
+                shadow,
+                ..
+            } => emit!(
+                level,
+                event,
+                limit,
+                waited_ms = millis(waited),
+                state = if shadow { "shadow" } else { "enforce" },
+                "bulkhead full: call refused"
+            ),
+            Event::BulkheadLimitChanged { from, to, .. } => {
+                emit!(level, event, from, to, "bulkhead limit changed")
+            }
+            Event::RetryScheduled {
+                attempt,
+                delay,
+                pushback,
+                ..
+            } => emit!(
+                level,
+                event,
+                attempt,
+                after_ms = millis(delay),
+                retry_after_ms = pushback.map(millis),
+                "attempt failed; retrying"
+            ),
+            Event::RetryStopped {
+                attempts, reason, ..
+            } => emit!(
+                level,
+                event,
+                attempts,
+                reason = reason.as_str(),
+                "attempt failed; not retrying"
+            ),
+            Event::RetryCompleted {
+                attempts,
+                succeeded,
+                ..
+            } => emit!(level, event, attempts, succeeded, "call finished"),
         }
     }
 }
@@ -998,6 +1132,33 @@ mod tests {
             Event::AdminDenied {
                 name: "n",
                 path: "GET /flags",
+            },
+            Event::BulkheadRejected {
+                name: "n",
+                limit: 4,
+                waited: Duration::ZERO,
+                shadow: false,
+            },
+            Event::BulkheadLimitChanged {
+                name: "n",
+                from: 4,
+                to: 8,
+            },
+            Event::RetryScheduled {
+                name: "n",
+                attempt: 2,
+                delay: Duration::from_millis(100),
+                pushback: None,
+            },
+            Event::RetryStopped {
+                name: "n",
+                attempts: 3,
+                reason: crate::retry::StopReason::MaxAttempts,
+            },
+            Event::RetryCompleted {
+                name: "n",
+                attempts: 1,
+                succeeded: true,
             },
         ];
         for e in &events {

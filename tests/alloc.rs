@@ -221,3 +221,63 @@ fn the_counter_counts() {
     let n = allocations_during(|| drop(std::hint::black_box(Box::new(1u64))));
     assert_eq!(n, 1);
 }
+
+/// The bulkhead's admission (one compare-and-swap) and release, below the limit.
+#[test]
+fn bulkhead_admission_allocates_nothing() {
+    let layer = tower_parapet::BulkheadLayer::builder()
+        .max_concurrent(4)
+        .observer(())
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut svc = layer.layer(Echo);
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut one_call = |i| {
+        assert!(svc.poll_ready(&mut cx).is_ready());
+        assert_eq!(svc.call(i).now_or_never().unwrap().unwrap(), i);
+    };
+    for i in 0..16 {
+        one_call(i);
+    }
+    let n = allocations_during(|| {
+        for i in 0..1_000 {
+            one_call(i);
+        }
+    });
+    assert_eq!(n, 0, "allocations in 1000 admitted calls");
+    assert_eq!(handle.in_flight(), 0);
+}
+
+/// The retry layer's success path for a `Clone` request: the budget's deposit (one clock
+/// read, one compare-and-swap), the first attempt, the classification and the completion
+/// event allocate nothing.
+#[test]
+fn retry_success_path_allocates_nothing() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let _guard = rt.enter();
+    let layer = tower_parapet::RetryLayer::builder()
+        .observer(())
+        .build()
+        .unwrap();
+    let budget = layer.budget().unwrap();
+    let mut svc = layer.layer(Echo);
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut one_call = |i| {
+        assert!(svc.poll_ready(&mut cx).is_ready());
+        assert_eq!(svc.call(i).now_or_never().unwrap().unwrap(), i);
+    };
+    for i in 0..16 {
+        one_call(i);
+    }
+    let n = allocations_during(|| {
+        for i in 0..1_000 {
+            one_call(i);
+        }
+    });
+    assert_eq!(n, 0, "allocations in 1000 successful calls");
+    assert_eq!(budget.retries(), 0);
+}

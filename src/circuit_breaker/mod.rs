@@ -119,4 +119,5 @@ pub use layer::{
     CircuitBreaker, CircuitBreakerBuilder, CircuitBreakerHandle, CircuitBreakerLayer, Keyed,
     KeyedBy, KeyedHandles, Single, Unkeyed,
 };
+pub(crate) use state::next_random;
 pub use state::{Metrics, State};

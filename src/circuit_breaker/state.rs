@@ -771,7 +771,7 @@ fn rate(part: u64, whole: u64) -> Option<f32> {
 }
 
 /// splitmix64, uniform in [0, 1).
-fn next_random(state: &mut u64) -> f64 {
+pub(crate) fn next_random(state: &mut u64) -> f64 {
     *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
     let mut z = *state;
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
