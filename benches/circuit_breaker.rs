@@ -13,39 +13,13 @@
 //!
 //! Run: `cargo bench --bench circuit_breaker`.
 
-use std::convert::Infallible;
-use std::future::{Ready, ready};
-use std::hint::black_box;
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+mod common;
+use common::{Echo, one_call, two_threads};
+use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use futures_util::FutureExt;
-use tower::{Layer, Service};
+use tower::Layer;
 use tower_parapet::circuit_breaker::{CircuitBreakerLayer, SlidingWindow};
-
-#[derive(Clone, Copy)]
-struct Echo;
-
-impl Service<u64> for Echo {
-    type Response = u64;
-    type Error = Infallible;
-    type Future = Ready<Result<u64, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: u64) -> Self::Future {
-        ready(Ok(req))
-    }
-}
-
-fn one_call<S: Service<u64>>(svc: &mut S, i: u64) -> bool {
-    let mut cx = Context::from_waker(std::task::Waker::noop());
-    let _ = svc.poll_ready(&mut cx);
-    svc.call(black_box(i)).now_or_never().is_some()
-}
 
 fn layer(window: SlidingWindow, slow: bool) -> CircuitBreakerLayer {
     let builder = CircuitBreakerLayer::builder()
@@ -57,31 +31,6 @@ fn layer(window: SlidingWindow, slow: bool) -> CircuitBreakerLayer {
         builder
     };
     builder.build().unwrap()
-}
-
-/// Two threads, `iters` calls each, through clones of `svc`.
-fn two_threads<S>(svc: &S, iters: u64) -> Duration
-where
-    S: Service<u64> + Clone + Send,
-{
-    let barrier = std::sync::Barrier::new(2);
-    std::thread::scope(|s| {
-        let runs: Vec<_> = (0..2)
-            .map(|_| {
-                let mut svc = svc.clone();
-                let barrier = &barrier;
-                s.spawn(move || {
-                    barrier.wait();
-                    let start = Instant::now();
-                    for i in 0..iters {
-                        black_box(one_call(&mut svc, i));
-                    }
-                    start.elapsed()
-                })
-            })
-            .collect();
-        runs.into_iter().map(|r| r.join().unwrap()).max().unwrap()
-    })
 }
 
 fn closed_path(c: &mut Criterion) {
