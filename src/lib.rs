@@ -19,6 +19,7 @@
 //! | feature gate | can I switch it off now, without a deploy? (kill switches, sticky percentage rollouts, targeting, flags from files, bound modes) | [`flags`] ([`FeatureGateLayer`]) |
 //! | edge adapter | how does a refusal reach the client? | [`http`] (feature `http`) |
 //! | logging | what happened to each request, and why? (span, request id, outcome) | [`logging`] (feature `http`) |
+//! | fan-out | one page from five calls, degraded instead of down (per-branch deadlines, partial results) | [`fanout`] |
 //! | health | should this instance get traffic? (registry, snapshot, `/livez`, `/readyz`) | [`health`] |
 //! | admin router | who flips the switch, and who did? (flags, breakers, modes, behind a token) | [`http::admin`] (feature `axum`) |
 //!
@@ -124,6 +125,7 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod fallback;
+pub mod fanout;
 pub mod flags;
 pub mod grpc;
 pub mod health;
