@@ -12,7 +12,7 @@
 //! ```sh
 //! cargo run --example tonic_server --features tonic   # serves 127.0.0.1:50051 for 30 s
 //! ```
-#![allow(dead_code)] // shared with tonic_client.rs, which uses a part of it
+#![allow(dead_code, unreachable_pub)] // shared with tonic_client.rs, which uses a part of it
 
 use std::convert::Infallible;
 use std::future::Future;
