@@ -2,7 +2,8 @@
 //!
 //! `GET /dashboard` fans out to five downstream services at once (user, posts,
 //! followers, notifications, messages), each through its own client stack, outermost
-//! first: fallback → retry → circuit breaker → timeout. The page answers within its
+//! first: fallback (the last good answer for the user; "no notifications" for
+//! notifications) → retry → circuit breaker → timeout. The page answers within its
 //! deadline with whatever arrived, and names what did not in `degraded`. Without the
 //! user (the critical part) there is no page: 503 with `Retry-After`.
 //!
@@ -27,9 +28,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use http_body_util::BodyExt;
 use tower::util::BoxCloneSyncService;
-use tower::{ServiceBuilder, ServiceExt, service_fn};
+use tower::{Layer, ServiceBuilder, ServiceExt, service_fn};
 use tower_parapet::circuit_breaker::{CircuitBreakerLayer, SlidingWindow};
-use tower_parapet::fallback::{self, FallbackLayer};
+use tower_parapet::fallback::{self, FallbackLayer, LastKnownGood};
 use tower_parapet::fanout::FanOut;
 use tower_parapet::flags::{FeatureGateLayer, FlagDef, FlagStore};
 use tower_parapet::http::RejectionResponseLayer;
@@ -106,27 +107,20 @@ impl Downstreams {
             .max_attempts(2)
             .build()
             .expect("a valid retry");
-        let stack = ServiceBuilder::new();
-        // Only notifications have something to say when down: nothing new.
+        let stack = ServiceBuilder::new()
+            .layer(retry)
+            .layer(breaker)
+            .layer(TimeoutLayer::new(Duration::from_millis(150)))
+            .service(downstream);
+        // Notifications have something to say when down: nothing new. The others answer
+        // with the last good answer for the same user, when there is one.
         if PARTS[i] == "notifications" {
             BoxCloneSyncService::new(
-                stack
-                    .layer(FallbackLayer::new(fallback::value(
-                        "no notifications".to_owned(),
-                    )))
-                    .layer(retry)
-                    .layer(breaker)
-                    .layer(TimeoutLayer::new(Duration::from_millis(150)))
-                    .service(downstream),
+                FallbackLayer::new(fallback::value("no notifications".to_owned())).layer(stack),
             )
         } else {
-            BoxCloneSyncService::new(
-                stack
-                    .layer(retry)
-                    .layer(breaker)
-                    .layer(TimeoutLayer::new(Duration::from_millis(150)))
-                    .service(downstream),
-            )
+            let by_user = key::from_fn(|user: &u64| Ok::<_, key::KeyError>(*user));
+            BoxCloneSyncService::new(FallbackLayer::new(LastKnownGood::new(by_user)).layer(stack))
         }
     }
 }
@@ -293,6 +287,19 @@ mod tests {
         );
         assert_eq!(doc["posts"], serde_json::Value::Null);
         assert_eq!(doc["degraded"], serde_json::json!(["posts", "followers"]));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_part_that_answered_before_is_served_from_its_last_good_answer() {
+        let downstreams = Downstreams::default();
+        let app = app(&downstreams, &FlagStore::new());
+        assert_eq!(get_page(&app, "/dashboard").await.0, 200);
+        downstreams.set("followers", Behaviour::Failing);
+        let (status, _, body) = get_page(&app, "/dashboard").await;
+        assert_eq!(status, 200);
+        let doc = json(&body);
+        assert_eq!(doc["followers"], "followers of user 7");
+        assert_eq!(doc["degraded"], serde_json::json!([]));
     }
 
     #[tokio::test(start_paused = true)]
