@@ -88,7 +88,10 @@ fn main() {
         "flag" => {
             let flags = FlagStore::with_observer("flags", ());
             flags.set("on", FlagDef::boolean(true)).expect("a flag");
-            drive(FeatureGateLayer::new(&flags, "on").observer(()).layer(Echo), n);
+            drive(
+                FeatureGateLayer::new(&flags, "on").observer(()).layer(Echo),
+                n,
+            );
         }
         "fallback" => drive(FallbackLayer::value(0u64).layer(Echo), n),
         other => {
