@@ -76,7 +76,9 @@
 //! 3. [`RateLimitLayer`], [`FeatureGateLayer`], idempotency (refuse cheaply, before any
 //!    work), and a [`BulkheadLayer`] around the expensive part,
 //! 4. [`fallback::FallbackLayer`] — outside the breaker and the timeout, so it answers for
-//!    an open circuit and a timeout alike,
+//!    an open circuit and a timeout alike; then a [`CacheLayer`] (feature `http`) inside
+//!    it, so a fallback answer is never cached and the cache can be its last known good,
+//!    and outside the rest, so a hit costs no retry, breaker or timeout work,
 //! 5. [`RetryLayer`] (inside an overall [`TimeoutLayer`] when the call needs a deadline:
 //!    retries never start an attempt past it), then
 //!    [`circuit_breaker::CircuitBreakerLayer`] (one breaker per dependency: an open

@@ -92,7 +92,9 @@
 //! - or, when the leader's future is dropped (or panics) before it ends, one of them
 //!   takes over as the new leader and the others wait for it.
 //!
-//! An invalidation while a call is in flight keeps that call's response out of the store.
+//! An invalidation while a call is in flight keeps that call's response out of the store
+//! (any invalidation, of any key: a conservative rule that may skip storing an unrelated
+//! response now and then).
 //!
 //! # Stale windows (RFC 5861)
 //! After its freshness, a copy is served for
@@ -110,6 +112,13 @@
 //! or everything. [`CacheHandle::fallback_source`] gives a [`CacheSource`]: a
 //! [`FallbackLayer`](crate::fallback::FallbackLayer) answers a failure with the cached
 //! copy (fresh or stale, while the store keeps it) — the cache as last known good.
+//!
+//! # Where it goes in a stack
+//! Inside a [`FallbackLayer`](crate::fallback::FallbackLayer) (a fallback answer is then
+//! never cached, and the fallback can answer from the cache), outside retry, circuit
+//! breaker and timeout (a hit costs none of them). A breaker inside the cache turns an
+//! outage into fast rejections that stale-if-error answers, instead of one slow failing
+//! call per miss.
 //!
 //! # Storage
 //! Behind the [`CacheStore`] trait: [`MemoryCacheStore`] (in process, `moka`) by
