@@ -377,6 +377,27 @@ async fn no_store_responses_are_never_cached() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_server_error_is_shared_with_waiters_but_never_stored() {
+    let db = Database::new(Duration::from_millis(100));
+    db.set(Db::Status(503));
+    let svc = CacheLayer::builder()
+        .observer(())
+        .build()
+        .unwrap()
+        .layer(db.service());
+    let answers = join_all((0..10).map(|_| svc.clone().oneshot(get("/p")))).await;
+    assert_eq!(db.calls(), 1, "waiters get the same 503");
+    for res in answers {
+        assert_eq!(res.unwrap().status(), 503);
+    }
+    db.set(Db::Ok);
+    assert_eq!(
+        body(svc.clone().oneshot(get("/p")).await.unwrap()).await,
+        "GET /p v2"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn the_byte_bound_holds_and_large_bodies_pass_through() {
     let mut db = Database::new(Duration::ZERO);
     db.body_len = 1000;
@@ -618,6 +639,62 @@ async fn time_to_idle_drops_entries_nobody_reads() {
     tokio::time::advance(10 * SEC).await;
     call().await.unwrap();
     assert_eq!(db.calls(), 2, "idle for 10 s: dropped");
+}
+
+/// Without a tokio runtime a stale-while-revalidate answer stands and nothing is spawned;
+/// once the window ends, the next request refreshes in line.
+#[cfg(feature = "test-util")]
+#[test]
+fn without_a_runtime_stale_answers_stand_and_nothing_is_spawned() {
+    use futures_util::FutureExt;
+    use std::task::{Context, Poll};
+    use tower_parapet::clock::ManualClock;
+
+    #[derive(Clone)]
+    struct AtOnce(Arc<AtomicU32>);
+
+    impl Service<Request<Body>> for AtOnce {
+        type Response = Response<Body>;
+        type Error = std::convert::Infallible;
+        type Future = std::future::Ready<Result<Response<Body>, std::convert::Infallible>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: Request<Body>) -> Self::Future {
+            let n = self.0.fetch_add(1, Ordering::SeqCst) + 1;
+            std::future::ready(Ok(Response::new(Full::new(Bytes::from(format!("v{n}"))))))
+        }
+    }
+
+    let calls = Arc::new(AtomicU32::new(0));
+    let manual = ManualClock::new();
+    let mut svc = CacheLayer::builder()
+        .ttl(10 * SEC)
+        .stale_while_revalidate(5 * SEC)
+        .clock(manual.clone())
+        .observer(())
+        .build()
+        .unwrap()
+        .layer(AtOnce(calls.clone()));
+    let mut call = || {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let _ = svc.poll_ready(&mut cx);
+        let res = svc.call(get("/p")).now_or_never().unwrap().unwrap();
+        let body = res.into_body().collect().now_or_never().unwrap().unwrap();
+        String::from_utf8(body.to_bytes().to_vec()).unwrap()
+    };
+    assert_eq!(call(), "v1");
+    manual.advance(12 * SEC);
+    assert_eq!(call(), "v1", "stale while revalidating");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "no refresh without a runtime"
+    );
+    manual.advance(4 * SEC);
+    assert_eq!(call(), "v2", "past the window: refreshed in line");
 }
 
 #[test]

@@ -82,13 +82,14 @@
 //! The first miss for a key leads: it calls the inner service. Misses for the same key
 //! that arrive meanwhile wait for its outcome (a `tokio::sync::watch` channel made before
 //! they wait, so none can miss the end) and then:
-//! - get a copy of its buffered response (stored, or shareable but not stored, like a
-//!   503),
+//! - get a copy of its buffered response (stored, or a status that is not 2xx, like a
+//!   503: the same failure for all),
 //! - get its failure at once: the same [`Rejection`](crate::Rejection) if an inner layer
 //!   refused, otherwise a [`CoalescedError`] with the error's text (or a stale copy, under
 //!   stale-if-error),
-//! - call the inner service themselves when the response was for its caller only
-//!   (`no-store`, `private`, `Set-Cookie`, a body over the cap),
+//! - call the inner service themselves when the response may not be reused for them
+//!   (`no-store`, `private`, `no-cache`, `max-age=0`, `Set-Cookie`, a `Vary` outside the
+//!   key) or was not buffered (a body over the cap),
 //! - or, when the leader's future is dropped (or panics) before it ends, one of them
 //!   takes over as the new leader and the others wait for it.
 //!

@@ -70,7 +70,8 @@ pub(super) enum Decision {
         stale_while_revalidate: Duration,
         stale_if_error: Duration,
     },
-    /// Buffer it and share it with coalesced waiters, but do not store it.
+    /// Buffer it and share it with coalesced waiters, but do not store it (a status that
+    /// is not 2xx: waiters get the same failure).
     ShareOnly(&'static str),
     /// Pass it on to its own caller only: waiters make their own calls.
     Private(&'static str),
@@ -122,15 +123,17 @@ pub(super) fn decide<B>(
         };
     }
     let d = Directives::parse(res.headers());
+    // Neither may be reused without revalidation, not even by a collapsed request
+    // (RFC 9111, section 4).
     if d.no_cache {
-        return Decision::ShareOnly("Cache-Control: no-cache");
+        return Decision::Private("Cache-Control: no-cache");
     }
     let fresh_for = d
         .s_maxage
         .or(d.max_age)
         .map_or(defaults.ttl, Duration::from_secs);
     if fresh_for.is_zero() {
-        return Decision::ShareOnly("Cache-Control: max-age=0");
+        return Decision::Private("Cache-Control: max-age=0");
     }
     Decision::Store {
         fresh_for,
@@ -235,7 +238,11 @@ mod tests {
                 &DEFAULTS,
                 none
             ),
-            Decision::ShareOnly(_)
+            Decision::Private(_)
+        ));
+        assert!(matches!(
+            decide(&res(&[("cache-control", "no-cache")], 200), &DEFAULTS, none),
+            Decision::Private(_)
         ));
         assert!(matches!(
             decide(&res(&[], 503), &DEFAULTS, none),
