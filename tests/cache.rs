@@ -728,3 +728,47 @@ fn services_and_layers_are_send_sync_clone() {
     check::<tower_parapet::cache::CacheHandle>();
     check::<tower_parapet::cache::CacheSource>();
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_cache_goes_into_an_axum_router() {
+    use axum::routing::get as route_get;
+    use tower_parapet::http::RejectionResponseLayer;
+
+    let calls = Arc::new(AtomicU32::new(0));
+    let seen = calls.clone();
+    let app = axum::Router::new()
+        .route(
+            "/products",
+            route_get(move || {
+                let n = seen.fetch_add(1, Ordering::SeqCst) + 1;
+                async move { format!("tea, coffee (query #{n})") }
+            }),
+        )
+        .layer(
+            ServiceBuilder::new()
+                .layer(RejectionResponseLayer::new())
+                .layer(
+                    CacheLayer::builder()
+                        .cache_status("parapet")
+                        .observer(())
+                        .build()
+                        .unwrap(),
+                ),
+        );
+    let req = || {
+        axum::extract::Request::get("/products")
+            .body(axum::body::Body::empty())
+            .unwrap()
+    };
+    for _ in 0..3 {
+        let res = app.clone().oneshot(req()).await.unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(body(res).await, "tea, coffee (query #1)");
+    }
+    let res = app.clone().oneshot(req()).await.unwrap();
+    assert_eq!(
+        header(&res, "cache-status").as_deref(),
+        Some("parapet; hit")
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
