@@ -104,7 +104,9 @@
 //! version and headers with an empty body; extensions are not copied). The refresh needs
 //! a tokio runtime: without one (`Handle::try_current` fails) nothing is spawned, the
 //! stale copy keeps being served until its window ends, and the next request then
-//! refreshes in line. Within [`stale_if_error`](CacheBuilder::stale_if_error), a miss
+//! refreshes in line. A refresh that fails (an error or a status that is not 2xx) leaves
+//! the stale copy in place, and the next stale answer starts another one: at most one is
+//! in flight per key. Within [`stale_if_error`](CacheBuilder::stale_if_error), a miss
 //! goes to the inner service, and an error or a 5xx is answered with the stale copy.
 //! Stale answers are marked ([`Event::CacheStaleServed`], `Cache-Status`, the verdict).
 //!
