@@ -22,6 +22,7 @@ use tokio::time::Instant;
 use tower::util::BoxCloneService;
 use tower::{BoxError, Service, ServiceBuilder, ServiceExt, service_fn};
 use tower_parapet::BulkheadLayer;
+use tower_parapet::cache::CacheLayer;
 use tower_parapet::circuit_breaker::{CircuitBreakerLayer, SlidingWindow};
 use tower_parapet::classify::ServerErrorsAsFailures;
 use tower_parapet::fallback::{self, FallbackLayer, HeaderMark, LastKnownGood};
@@ -226,6 +227,7 @@ where
         header("retry-after", "Retry-After: "),
         header("ratelimit", "RateLimit: "),
         header("idempotent-replayed", "Idempotent-Replayed: "),
+        header("cache-status", "Cache-Status: "),
         res.headers()
             .get("parapet-fallback")
             .map(|v| format!(" [fallback: {}]", v.to_str().unwrap_or("?")))
@@ -934,6 +936,232 @@ async fn bulkhead(journal: &Journal) {
     );
 }
 
+/// Counts the cache's decisions by outcome, for tables of thousands of reads.
+#[derive(Clone, Default)]
+struct Tally(Arc<Mutex<Vec<(String, u32)>>>);
+
+impl Tally {
+    fn observer(&self) -> impl Fn(&Event<'_>) + Send + Sync + 'static {
+        let tally = self.0.clone();
+        move |e: &Event<'_>| {
+            let what = match *e {
+                Event::CacheStaleServed { reason, .. } => format!("{}:{reason}", e.layer()),
+                Event::CacheNotStored { reason, .. } => {
+                    format!("{}:not_stored ({reason})", e.layer())
+                }
+                _ => format!("{}:{}", e.layer(), e.outcome()),
+            };
+            let mut tally = tally.lock().unwrap();
+            match tally.iter_mut().find(|(w, _)| *w == what) {
+                Some((_, n)) => *n += 1,
+                None => tally.push((what, 1)),
+            }
+        }
+    }
+
+    fn take(&self) -> String {
+        let tally = std::mem::take(&mut *self.0.lock().unwrap());
+        let shown: Vec<String> = tally
+            .into_iter()
+            .filter(|(w, _)| !w.starts_with("circuit_breaker:rejected"))
+            .map(|(w, n)| if n == 1 { w } else { format!("{w} ×{n}") })
+            .collect();
+        if shown.is_empty() {
+            "-".into()
+        } else {
+            shown.join("; ")
+        }
+    }
+}
+
+/// An answer grouped by status and cache mark, not by latency or stale age.
+fn kind_of(answer: &str) -> String {
+    answer
+        .split_once(" Cache-Status: ")
+        .map(|(status, mark)| {
+            let status = status.split(' ').next().unwrap_or("");
+            let mark = mark.split("; ttl=").next().unwrap_or(mark);
+            format!("{status} {mark}")
+        })
+        .unwrap_or_else(|| answer.to_owned())
+}
+
+/// `n` reads of `path`, one every `every`: the first one's time, the answers counted by
+/// kind, and the last body.
+async fn reads<S, B>(svc: &S, n: u32, every: Duration, path: &str) -> (Instant, String, String)
+where
+    S: Service<Request<Body>, Response = Response<B>, Error = Infallible> + Clone,
+    B: http_body::Body<Data = Bytes>,
+    B::Error: std::fmt::Debug,
+{
+    let mut first = None;
+    let mut answers: Vec<(String, u32)> = Vec::new();
+    let mut last = String::new();
+    for i in 0..n {
+        if i > 0 {
+            tokio::time::sleep(every).await;
+        }
+        let (sent, answer, body) = exchange(&mut svc.clone(), get(path)).await;
+        first.get_or_insert(sent);
+        let kind = kind_of(&answer);
+        match answers.iter_mut().find(|(k, _)| *k == kind) {
+            Some((_, c)) => *c += 1,
+            None => answers.push((kind, 1)),
+        }
+        last = body;
+    }
+    let summary = answers
+        .into_iter()
+        .map(|(k, c)| format!("{c}× {k}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    (first.expect("at least one read"), summary, last)
+}
+
+async fn product_list(journal: &Journal) {
+    // The product list: a 50 ms query that says it may be cached for 30 s, served stale for
+    // 10 s while it is refreshed, and for 10 min if the database fails.
+    let queries = Arc::new(AtomicU32::new(0));
+    let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let (count, state) = (queries.clone(), up.clone());
+    let database = service_fn(move |_req: Request<Body>| {
+        let n = count.fetch_add(1, Ordering::SeqCst) + 1;
+        let up = state.load(Ordering::SeqCst);
+        async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if !up {
+                return Err::<Response<Body>, BoxError>("database connection refused".into());
+            }
+            let mut res = ok(format!("tea, coffee, cake (query #{n})"));
+            res.headers_mut().insert(
+                "cache-control",
+                "public, max-age=30, stale-while-revalidate=10, stale-if-error=600"
+                    .parse()
+                    .unwrap(),
+            );
+            Ok(res)
+        }
+    });
+    let tally = Tally::default();
+    let cache = CacheLayer::builder()
+        .name("products")
+        .cache_status("parapet")
+        .max_entries(10_000)
+        .max_bytes(64 << 20)
+        .observer(tally.observer())
+        .build()
+        .expect("a valid cache");
+    let handle = cache.handle();
+    // Inside the cache, a breaker stops the misses of an outage from reaching the dead
+    // database: stale-if-error answers its rejections at once.
+    let breaker = CircuitBreakerLayer::builder()
+        .name("database")
+        .sliding_window(SlidingWindow::count(10))
+        .minimum_calls(3)
+        .failure_rate_threshold(50)
+        .wait_in_open(Duration::from_secs(20))
+        .observer(tally.observer())
+        .build()
+        .expect("a valid breaker");
+    let svc = ServiceBuilder::new()
+        .layer(RejectionResponseLayer::new().observer(journal.observer()))
+        .layer(cache)
+        .layer(breaker)
+        .service(database);
+    let mut t = Table::new();
+    let db = |before: u32| {
+        let now = queries.load(Ordering::SeqCst);
+        format!(" | database queries: {} (total {now})", now - before)
+    };
+
+    // A flash crowd at start-up: 1 000 readers at once, nothing cached yet.
+    let mut clients: Vec<_> = (0..1000).map(|_| svc.clone()).collect();
+    let before = queries.load(Ordering::SeqCst);
+    let answers =
+        futures_util::future::join_all(clients.iter_mut().map(|c| exchange(c, get("/products"))))
+            .await;
+    let mut kinds: Vec<(String, u32)> = Vec::new();
+    for (_, answer, _) in &answers {
+        let kind = kind_of(answer);
+        match kinds.iter_mut().find(|(k, _)| *k == kind) {
+            Some((_, c)) => *c += 1,
+            None => kinds.push((kind, 1)),
+        }
+    }
+    let summary = kinds
+        .iter()
+        .map(|(k, c)| format!("{c}× {k}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let (sent, _, body) = answers.into_iter().next().expect("answers");
+    t.push(
+        sent,
+        "GET /products ×1000 at once",
+        format!("{summary}, all in 50ms"),
+        body,
+        tally.take() + &db(before),
+    );
+
+    // Steady traffic: 20 reads a second for a minute.
+    let before = queries.load(Ordering::SeqCst);
+    let (sent, answer, body) = reads(&svc, 1200, Duration::from_millis(50), "/products").await;
+    t.push(
+        sent,
+        "GET /products ×1200 (20/s, 1 min)",
+        answer,
+        body,
+        tally.take() + &db(before),
+    );
+
+    // The database goes down for 40 s; reads go on.
+    up.store(false, Ordering::SeqCst);
+    let before = queries.load(Ordering::SeqCst);
+    let (sent, answer, body) = reads(&svc, 800, Duration::from_millis(50), "/products").await;
+    t.push(
+        sent,
+        "GET /products ×800 (database down)",
+        answer,
+        body,
+        tally.take() + &db(before),
+    );
+
+    // It is back; a price change is published and the list invalidated.
+    up.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let before = queries.load(Ordering::SeqCst);
+    let (sent, answer, body) = reads(&svc, 400, Duration::from_millis(50), "/products").await;
+    t.push(
+        sent,
+        "GET /products ×400 (database back)",
+        answer,
+        body,
+        tally.take() + &db(before),
+    );
+    handle.invalidate_prefix("/products");
+    let before = queries.load(Ordering::SeqCst);
+    let (sent, answer, body) = reads(&svc, 400, Duration::from_millis(50), "/products").await;
+    t.push(
+        sent,
+        "GET /products ×400 (after invalidate_prefix)",
+        answer,
+        body,
+        tally.take() + &db(before),
+    );
+    let total = queries.load(Ordering::SeqCst);
+    t.print(
+        "13. The product list, read thousands of times, from a database queried a handful",
+        &format!(
+            "3 800 reads, {total} database queries. The 1 000 readers of the cold start make one \
+             query (request coalescing: one leads, 999 wait for its answer). Then the list is \
+             served from memory with Age; when its max-age=30 runs out, stale-while-revalidate \
+             answers at once while one background query refreshes it. During the outage the \
+             breaker inside the cache fails fast, and stale-if-error answers with the last \
+             list, marked `fwd=stale`. After a price change, `invalidate_prefix(\"/products\")` \
+             makes the next read fetch the new list."
+        ),
+    );
+}
+
 fn main() {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -956,6 +1184,7 @@ fn main() {
         kill_switch(&journal).await;
         blip(&journal).await;
         bulkhead(&journal).await;
+        product_list(&journal).await;
         println!(
             "\nHere a journal observer collected the decisions for the tables. By default each one \
              is a `tracing` event with the fields layer, name, outcome (and key, state, \

@@ -160,12 +160,15 @@ mod http_keys {
             self.max_len = max_len;
             self
         }
-    }
 
-    impl<B> KeyExtractor<Request<B>> for Header {
-        type Key = String;
+        /// The header's name.
+        pub fn name(&self) -> &HeaderName {
+            &self.name
+        }
 
-        fn extract(&self, req: &Request<B>) -> Result<String, KeyError> {
+        /// The header's value in `req`, checked as [`extract`](KeyExtractor::extract)
+        /// checks it, borrowed from the request.
+        pub fn value_of<'r, B>(&self, req: &'r Request<B>) -> Result<&'r str, KeyError> {
             let value = req.headers().get(&self.name).ok_or(KeyError::Missing)?;
             let len = value.as_bytes().len();
             if len > self.max_len {
@@ -174,10 +177,17 @@ mod http_keys {
                     max: self.max_len,
                 });
             }
-            let s = value
+            value
                 .to_str()
-                .map_err(|_| KeyError::Malformed("not visible ASCII"))?;
-            Ok(s.to_owned())
+                .map_err(|_| KeyError::Malformed("not visible ASCII"))
+        }
+    }
+
+    impl<B> KeyExtractor<Request<B>> for Header {
+        type Key = String;
+
+        fn extract(&self, req: &Request<B>) -> Result<String, KeyError> {
+            self.value_of(req).map(str::to_owned)
         }
 
         fn class(&self) -> &'static str {
@@ -211,12 +221,10 @@ mod http_keys {
             self.max_len = max_len;
             self
         }
-    }
 
-    impl<B> KeyExtractor<Request<B>> for Target {
-        type Key = (Method, String);
-
-        fn extract(&self, req: &Request<B>) -> Result<Self::Key, KeyError> {
+        /// The path and query of `req` (`"/"` when it has none), within the length limit,
+        /// borrowed from the request: what [`extract`](KeyExtractor::extract) copies.
+        pub fn target_of<'r, B>(&self, req: &'r Request<B>) -> Result<&'r str, KeyError> {
             let target = req
                 .uri()
                 .path_and_query()
@@ -228,6 +236,15 @@ mod http_keys {
                     max: self.max_len,
                 });
             }
+            Ok(target)
+        }
+    }
+
+    impl<B> KeyExtractor<Request<B>> for Target {
+        type Key = (Method, String);
+
+        fn extract(&self, req: &Request<B>) -> Result<Self::Key, KeyError> {
+            let target = self.target_of(req)?;
             Ok((req.method().clone(), target.to_owned()))
         }
 

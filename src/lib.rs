@@ -15,6 +15,7 @@
 //! | rate limit | what if someone sends 10 000 requests? (global or per client IP, API key, route) | [`rate_limit`] |
 //! | retry | how do we recover from a blip without causing a storm? (backoff with jitter, shared budget, pushback, deadlines, safe methods only) | [`retry`] ([`RetryLayer`]) |
 //! | bulkhead | how do we keep one slow dependency from taking every worker? (shared concurrency limit, bounded wait, runtime limit) | [`bulkhead`] ([`BulkheadLayer`]) |
+//! | cache | how do we survive read load and outages? (coalesced misses, TTL and idle bounds, `Cache-Control`, stale-while-revalidate, stale-if-error, invalidation, a fallback source) | [`cache`] ([`CacheLayer`], feature `http`) |
 //! | idempotency | what if the user double-clicks Pay? (replay, in-flight claims, conflicts) | [`idempotency`] (feature `http`) |
 //! | feature gate | can I switch it off now, without a deploy? (kill switches, sticky percentage rollouts, targeting, flags from files, bound modes) | [`flags`] ([`FeatureGateLayer`]) |
 //! | edge adapter | how does a refusal reach the client? | [`http`] (feature `http`) |
@@ -23,8 +24,8 @@
 //! | health | should this instance get traffic? (registry, snapshot, `/livez`, `/readyz`) | [`health`] |
 //! | admin router | who flips the switch, and who did? (flags, breakers, modes, behind a token) | [`http::admin`] (feature `axum`) |
 //!
-//! Caching, hedging and fault injection build on the same shared core and arrive as their
-//! own modules.
+//! Hedging and fault injection build on the same shared core and arrive as their own
+//! modules.
 //!
 //! # The shared core
 //! - [`Rejection`]: one typed error for every refusal (timeout, circuit open, rate limited,
@@ -60,6 +61,8 @@
 //! | `parapet_flag_evaluations_total` | counter | `name`, `flag`, `reason` (every gate evaluation; handles registered at a gate's first evaluation, so install the recorder at startup) |
 //! | `parapet_retries_total` | counter | `name` (retry attempts started, the first call not included) |
 //! | `parapet_retry_calls_total` | counter | `name`, `result` (`succeeded_without_retry`, `succeeded_with_retry`, `failed_without_retry`, `failed_with_retry`) |
+//! | `parapet_cache_requests_total` | counter | `name`, `result` (`hit`, `miss`, `stale_served`, `coalesced`) |
+//! | `parapet_cache_not_stored_total` | counter | `name`, `reason` |
 //! | `parapet_bulkhead_limit` | gauge | `name` (after each change through the handle) |
 //! | `parapet_requests_total` | counter | `method`, `route`, `status`, `outcome` |
 //! | `parapet_request_duration_seconds` | histogram | `method`, `route`, `outcome` |
@@ -74,7 +77,9 @@
 //! 3. [`RateLimitLayer`], [`FeatureGateLayer`], idempotency (refuse cheaply, before any
 //!    work), and a [`BulkheadLayer`] around the expensive part,
 //! 4. [`fallback::FallbackLayer`] — outside the breaker and the timeout, so it answers for
-//!    an open circuit and a timeout alike,
+//!    an open circuit and a timeout alike; then a [`CacheLayer`] (feature `http`) inside
+//!    it, so a fallback answer is never cached and the cache can be its last known good,
+//!    and outside the rest, so a hit costs no retry, breaker or timeout work,
 //! 5. [`RetryLayer`] (inside an overall [`TimeoutLayer`] when the call needs a deadline:
 //!    retries never start an attempt past it), then
 //!    [`circuit_breaker::CircuitBreakerLayer`] (one breaker per dependency: an open
@@ -119,6 +124,9 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod bulkhead;
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub mod cache;
 pub mod circuit_breaker;
 pub mod classify;
 pub mod clock;
@@ -149,6 +157,8 @@ pub mod retry;
 pub mod timeout;
 
 pub use bulkhead::BulkheadLayer;
+#[cfg(feature = "http")]
+pub use cache::CacheLayer;
 pub use circuit_breaker::CircuitBreakerLayer;
 pub use error::{BoxError, ConfigError, RateLimitInfo, Rejection, RejectionKind, RejectionKinds};
 pub use fallback::FallbackLayer;

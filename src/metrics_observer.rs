@@ -21,6 +21,8 @@ use crate::observe::{Event, Observer};
 /// | `parapet_bulkhead_limit` | gauge | `name` | a bulkhead's limit, after each change through its handle |
 /// | `parapet_retries_total` | counter | `name` | retry attempts started (the first call not included) |
 /// | `parapet_retry_calls_total` | counter | `name`, `result` | calls through a retry layer: `succeeded_without_retry`, `succeeded_with_retry`, `failed_without_retry`, `failed_with_retry` |
+/// | `parapet_cache_requests_total` | counter | `name`, `result` | cache lookups: `hit`, `miss`, `stale_served`, `coalesced` |
+/// | `parapet_cache_not_stored_total` | counter | `name`, `reason` | responses the cache did not keep, by reason |
 ///
 /// `name` is the layer's configured name; no label ever holds a key, an IP or a user.
 /// The logging layer adds `parapet_requests_total` and
@@ -305,6 +307,19 @@ impl Observer for MetricsObserver {
                 &self.cache.entries.load(),
                 "parapet_retry_calls_total",
                 &[("name", name), ("result", outcome)],
+            ),
+            Event::CacheHit { .. }
+            | Event::CacheMiss { .. }
+            | Event::CacheStaleServed { .. }
+            | Event::CacheCoalesced { .. } => self.count(
+                &self.cache.entries.load(),
+                "parapet_cache_requests_total",
+                &[("name", name), ("result", outcome)],
+            ),
+            Event::CacheNotStored { reason, .. } => self.count(
+                &self.cache.entries.load(),
+                "parapet_cache_not_stored_total",
+                &[("name", name), ("reason", reason)],
             ),
             _ => {}
         }

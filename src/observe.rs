@@ -6,7 +6,7 @@
 //!
 //! | field | meaning |
 //! |---|---|
-//! | `layer` | `"timeout"`, `"fallback"`, `"circuit_breaker"`, `"idempotency"`, `"feature_gate"`, `"flags"`, `"admin"`, `"http"`, `"retry"`, `"bulkhead"`, ... ([`Event::layer`]) |
+//! | `layer` | `"timeout"`, `"fallback"`, `"circuit_breaker"`, `"idempotency"`, `"feature_gate"`, `"flags"`, `"admin"`, `"http"`, `"retry"`, `"bulkhead"`, `"cache"`, ... ([`Event::layer`]) |
 //! | `name` | the layer instance's configured name ([`Event::name`]) |
 //! | `outcome` | what was decided, e.g. `"timed_out"` ([`Event::outcome`]) |
 //! | `key` | the request's key, where the layer has one |
@@ -379,6 +379,74 @@ pub enum Event<'a> {
         /// Whether the last attempt succeeded (by the layer's classifier).
         succeeded: bool,
     },
+    /// A fresh cached response answered the request; the inner service was not called.
+    CacheHit {
+        /// The cache's name.
+        name: &'a str,
+        /// The cache key (method, target, key headers).
+        key: &'a str,
+    },
+    /// No fresh cached response: the request goes to the inner service, or waits for a
+    /// call already in flight for its key.
+    CacheMiss {
+        /// The cache's name.
+        name: &'a str,
+        /// The cache key.
+        key: &'a str,
+    },
+    /// A stale cached response answered the request (RFC 5861): `"stale_while_revalidate"`
+    /// (it is being refreshed in the background) or `"stale_if_error"` (the inner call
+    /// failed).
+    CacheStaleServed {
+        /// The cache's name.
+        name: &'a str,
+        /// The cache key.
+        key: &'a str,
+        /// Which stale window allowed it.
+        reason: &'static str,
+        /// How long past its freshness the response is.
+        stale_for: Duration,
+    },
+    /// The request waited for another request's inner call for the same key (request
+    /// coalescing) and got its answer, or its failure.
+    CacheCoalesced {
+        /// The cache's name.
+        name: &'a str,
+        /// The cache key.
+        key: &'a str,
+        /// Whether the call it waited for failed.
+        failed: bool,
+    },
+    /// A response was stored in the cache.
+    CacheStored {
+        /// The cache's name.
+        name: &'a str,
+        /// The cache key.
+        key: &'a str,
+        /// The stored size in bytes (body and headers).
+        bytes: usize,
+        /// How long it is fresh.
+        fresh_for: Duration,
+    },
+    /// A response was not stored (e.g. `Cache-Control: no-store`, a body over the cap, a
+    /// status that is not 2xx), or a request bypassed the cache (no usable key).
+    CacheNotStored {
+        /// The cache's name.
+        name: &'a str,
+        /// The cache key, when there is one.
+        key: Option<&'a str>,
+        /// Why.
+        reason: &'static str,
+    },
+    /// Cached responses were removed through the cache's handle.
+    CacheInvalidated {
+        /// The cache's name.
+        name: &'a str,
+        /// `"key"`, `"target"`, `"prefix"` or `"all"`.
+        scope: &'static str,
+        /// The key, target or prefix given (empty for `"all"`).
+        target: &'a str,
+    },
 }
 
 /// What made a fallback fire.
@@ -443,6 +511,13 @@ impl Event<'_> {
             Event::RetryScheduled { .. }
             | Event::RetryStopped { .. }
             | Event::RetryCompleted { .. } => "retry",
+            Event::CacheHit { .. }
+            | Event::CacheMiss { .. }
+            | Event::CacheStaleServed { .. }
+            | Event::CacheCoalesced { .. }
+            | Event::CacheStored { .. }
+            | Event::CacheNotStored { .. }
+            | Event::CacheInvalidated { .. } => "cache",
         }
     }
 
@@ -479,7 +554,14 @@ impl Event<'_> {
             | Event::BulkheadLimitChanged { name, .. }
             | Event::RetryScheduled { name, .. }
             | Event::RetryStopped { name, .. }
-            | Event::RetryCompleted { name, .. } => name,
+            | Event::RetryCompleted { name, .. }
+            | Event::CacheHit { name, .. }
+            | Event::CacheMiss { name, .. }
+            | Event::CacheStaleServed { name, .. }
+            | Event::CacheCoalesced { name, .. }
+            | Event::CacheStored { name, .. }
+            | Event::CacheNotStored { name, .. }
+            | Event::CacheInvalidated { name, .. } => name,
         }
     }
 
@@ -549,6 +631,13 @@ impl Event<'_> {
             Event::RetryCompleted {
                 succeeded: false, ..
             } => "failed_with_retry",
+            Event::CacheHit { .. } => "hit",
+            Event::CacheMiss { .. } => "miss",
+            Event::CacheStaleServed { .. } => "stale_served",
+            Event::CacheCoalesced { .. } => "coalesced",
+            Event::CacheStored { .. } => "stored",
+            Event::CacheNotStored { .. } => "not_stored",
+            Event::CacheInvalidated { .. } => "invalidated",
         }
     }
 
@@ -598,6 +687,11 @@ impl Event<'_> {
             }
             Event::RetryScheduled { .. } => tracing::Level::DEBUG,
             Event::RetryCompleted { .. } => tracing::Level::TRACE,
+            Event::CacheHit { .. } | Event::CacheStored { .. } => tracing::Level::TRACE,
+            Event::CacheMiss { .. }
+            | Event::CacheCoalesced { .. }
+            | Event::CacheNotStored { .. } => tracing::Level::DEBUG,
+            Event::CacheStaleServed { .. } | Event::CacheInvalidated { .. } => tracing::Level::INFO,
         }
     }
 }
@@ -941,6 +1035,47 @@ impl Observer for TracingObserver {
                 succeeded,
                 ..
             } => emit!(level, event, attempts, succeeded, "call finished"),
+            Event::CacheHit { key, .. } => emit!(level, event, key, "cached response served"),
+            Event::CacheMiss { key, .. } => emit!(level, event, key, "cache miss"),
+            Event::CacheStaleServed {
+                key,
+                reason,
+                stale_for,
+                ..
+            } => emit!(
+                level,
+                event,
+                key,
+                reason,
+                after_ms = millis(stale_for),
+                "stale cached response served"
+            ),
+            Event::CacheCoalesced { key, failed, .. } => emit!(
+                level,
+                event,
+                key,
+                failed,
+                "answered by a call already in flight for the key"
+            ),
+            Event::CacheStored {
+                key,
+                bytes,
+                fresh_for,
+                ..
+            } => emit!(
+                level,
+                event,
+                key,
+                bytes,
+                after_ms = millis(fresh_for),
+                "response cached"
+            ),
+            Event::CacheNotStored { key, reason, .. } => {
+                emit!(level, event, key, reason, "response not cached")
+            }
+            Event::CacheInvalidated { scope, target, .. } => {
+                emit!(level, event, scope, target, "cached responses invalidated")
+            }
         }
     }
 }
@@ -1159,6 +1294,41 @@ mod tests {
                 name: "n",
                 attempts: 1,
                 succeeded: true,
+            },
+            Event::CacheHit {
+                name: "n",
+                key: "GET /",
+            },
+            Event::CacheMiss {
+                name: "n",
+                key: "GET /",
+            },
+            Event::CacheStaleServed {
+                name: "n",
+                key: "GET /",
+                reason: "stale_if_error",
+                stale_for: Duration::from_secs(1),
+            },
+            Event::CacheCoalesced {
+                name: "n",
+                key: "GET /",
+                failed: false,
+            },
+            Event::CacheStored {
+                name: "n",
+                key: "GET /",
+                bytes: 10,
+                fresh_for: Duration::from_secs(60),
+            },
+            Event::CacheNotStored {
+                name: "n",
+                key: None,
+                reason: "no-store",
+            },
+            Event::CacheInvalidated {
+                name: "n",
+                scope: "prefix",
+                target: "/products",
             },
         ];
         for e in &events {

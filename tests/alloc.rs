@@ -281,3 +281,77 @@ fn retry_success_path_allocates_nothing() {
     assert_eq!(n, 0, "allocations in 1000 successful calls");
     assert_eq!(budget.retries(), 0);
 }
+
+/// A cache hit allocates only the response it returns: its header map (cloned from the
+/// stored copy) and the verdict extension. The key is built in a per-thread buffer, the
+/// body is a shared `Bytes`, `Age` comes from a table, and the future is not boxed.
+#[cfg(feature = "http")]
+#[test]
+fn cache_hit_allocates_only_the_response() {
+    use bytes::Bytes;
+    use http::{Request, Response};
+    use http_body_util::Full;
+    use tower_parapet::CacheLayer;
+
+    #[derive(Clone, Copy)]
+    struct Products;
+
+    impl Service<Request<Full<Bytes>>> for Products {
+        type Response = Response<Full<Bytes>>;
+        type Error = Infallible;
+        type Future = Ready<Result<Self::Response, Infallible>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: Request<Full<Bytes>>) -> Self::Future {
+            let mut res = Response::new(Full::new(Bytes::from_static(b"[\"tea\"]")));
+            res.headers_mut()
+                .insert("content-type", "application/json".parse().unwrap());
+            ready(Ok(res))
+        }
+    }
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let _guard = rt.enter();
+    let mut svc = CacheLayer::builder()
+        .observer(())
+        .build()
+        .unwrap()
+        .layer(Products);
+    let mut cx = Context::from_waker(Waker::noop());
+    let get = || Request::get("/products").body(Full::default()).unwrap();
+    let mut call = |req| {
+        let _ = svc.poll_ready(&mut cx);
+        svc.call(req).now_or_never().expect("ready").expect("ok")
+    };
+    let first = rt.block_on(async { call(get()) });
+    let headers = first.headers().clone();
+    drop(first);
+    // Warm up: the key buffer, the table of ages.
+    drop(call(get()));
+
+    let req = get();
+    // The first hits may let moka run its housekeeping.
+    for _ in 0..5 {
+        drop(call(req.clone()));
+    }
+    let mut hit = None;
+    let during_hit = allocations_during(|| hit = Some(call(req.clone())));
+    let hit = hit.unwrap();
+    assert_eq!(hit.headers()["age"], "0");
+    let header_clone = allocations_during(|| drop(std::hint::black_box(headers.clone())));
+    let mut ext = http::Extensions::new();
+    let verdict = allocations_during(|| {
+        ext.insert(tower_parapet::http::Verdict::Cached("hit"));
+    });
+    let req_clone = allocations_during(|| drop(std::hint::black_box(req.clone())));
+    assert!(
+        during_hit <= header_clone + verdict + req_clone,
+        "hit: {during_hit}, header map clone: {header_clone}, verdict: {verdict}, request clone: {req_clone}"
+    );
+}

@@ -35,13 +35,25 @@ impl HttpSnapshot {
 }
 
 /// Why a response must not be replayed, if it must not.
-fn not_replayable<B>(res: &Response<B>) -> Option<&'static str> {
+pub(crate) fn not_replayable<B>(res: &Response<B>) -> Option<&'static str> {
+    not_replayable_unless(res, false)
+}
+
+/// [`not_replayable`], optionally ignoring `Cache-Control` (the status and `Set-Cookie`
+/// still count).
+pub(crate) fn not_replayable_unless<B>(
+    res: &Response<B>,
+    ignore_cache_control: bool,
+) -> Option<&'static str> {
     if !res.status().is_success() {
         return Some("status is not 2xx");
     }
     let headers = res.headers();
     if headers.contains_key(http::header::SET_COOKIE) {
         return Some("response sets a cookie");
+    }
+    if ignore_cache_control {
+        return None;
     }
     let private = headers
         .get_all(http::header::CACHE_CONTROL)

@@ -99,7 +99,7 @@
 
 mod future;
 #[cfg(feature = "http")]
-mod http;
+pub(crate) mod http;
 mod last_known_good;
 mod layer;
 mod source;

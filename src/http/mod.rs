@@ -43,11 +43,13 @@
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub mod admin;
 mod body;
+pub(crate) mod buffered;
 mod layer;
 mod response;
 mod verdict;
 
 pub use body::ResponseBody;
+pub use buffered::BufferedBody;
 pub use layer::{RejectionResponse, RejectionResponseLayer, ResponseFuture};
 pub use response::StatusMap;
 pub(crate) use response::http_answer as answer_with_status;

@@ -13,6 +13,7 @@ use crate::error::RejectionKind;
 /// | [`RejectionResponseLayer`](super::RejectionResponseLayer), answering any other error | [`InternalError`](Verdict::InternalError) |
 /// | [`FallbackLayer`](crate::fallback::FallbackLayer) with [`HeaderMark`](crate::fallback::HeaderMark) | [`Fallback`](Verdict::Fallback) with its source |
 /// | [`IdempotencyLayer`](crate::idempotency::IdempotencyLayer), replaying | [`Replayed`](Verdict::Replayed) |
+/// | [`CacheLayer`](crate::cache::CacheLayer), answering from the cache | [`Cached`](Verdict::Cached) with `"hit"`, `"stale_while_revalidate"` or `"stale_if_error"` |
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Verdict {
@@ -24,24 +25,29 @@ pub enum Verdict {
     Replayed,
     /// The service failed and the edge adapter answered 500.
     InternalError,
+    /// The response cache answered: `"hit"` (fresh), `"stale_while_revalidate"` or
+    /// `"stale_if_error"`.
+    Cached(&'static str),
 }
 
 impl Verdict {
-    /// `"rejected"`, `"fallback"`, `"replayed"` or `"internal_error"`.
+    /// `"rejected"`, `"fallback"`, `"replayed"`, `"internal_error"` or `"cached"`.
     pub const fn as_str(self) -> &'static str {
         match self {
             Verdict::Rejected(_) => "rejected",
             Verdict::Fallback(_) => "fallback",
             Verdict::Replayed => "replayed",
             Verdict::InternalError => "internal_error",
+            Verdict::Cached(_) => "cached",
         }
     }
 
-    /// The rejection kind or the fallback source; empty for the others.
+    /// The rejection kind, the fallback source or the cache's answer; empty for the
+    /// others.
     pub const fn detail(self) -> &'static str {
         match self {
             Verdict::Rejected(kind) => kind.as_str(),
-            Verdict::Fallback(source) => source,
+            Verdict::Fallback(source) | Verdict::Cached(source) => source,
             Verdict::Replayed | Verdict::InternalError => "",
         }
     }

@@ -16,7 +16,6 @@ use sha2::{Digest, Sha256};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::body::{IdempotentBody, Read, read_capped};
 use super::key::IdempotencyKeyHeader;
 use super::store::{
     Claim, ClaimToken, Fingerprint, IdempotencyStore, MemoryStore, Record, RecordKey,
@@ -24,6 +23,8 @@ use super::store::{
 };
 use crate::clock::Clock;
 use crate::error::{BoxError, Rejection};
+use crate::http::BufferedBody;
+use crate::http::buffered::{Read, read_capped};
 use crate::key::{Global, KeyError, KeyExtractor};
 use crate::mode::{Mode, ModeHandle};
 use crate::observe::{Event, Observer, SharedObserver};
@@ -454,7 +455,7 @@ where
     K: KeyExtractor<Request<B>, Key = String>,
     P: KeyExtractor<Request<B>>,
 {
-    type Response = Response<IdempotentBody<RB>>;
+    type Response = Response<BufferedBody<RB>>;
     type Error = BoxError;
     type Future = ResponseFuture<S::Future, RB>;
 
@@ -506,7 +507,7 @@ pub(super) enum Phase {
     Refuse(Rejection),
 }
 
-type Answer<RB> = Result<Response<IdempotentBody<RB>>, BoxError>;
+type Answer<RB> = Result<Response<BufferedBody<RB>>, BoxError>;
 
 impl Run {
     pub(super) fn reject<T>(&self, rejection: Rejection) -> Result<T, BoxError> {
@@ -604,7 +605,7 @@ impl Run {
         S::Error: Into<BoxError>,
     {
         let res = inner.call(req).await.map_err(Into::into)?;
-        Ok(res.map(IdempotentBody::inner))
+        Ok(res.map(BufferedBody::inner))
     }
 
     /// Run the request holding the claim, and store its response.
@@ -636,7 +637,7 @@ impl Run {
         };
         if !s.should_store(res.status()) {
             guard.release("status not stored");
-            return Ok(res.map(IdempotentBody::inner));
+            return Ok(res.map(BufferedBody::inner));
         }
         let (parts, body) = res.into_parts();
         let (data, trailers) = match read_capped(body, s.max_response_bytes).await {
@@ -730,8 +731,8 @@ impl Drop for ClaimGuard<'_> {
 }
 
 /// A response rebuilt from its stored copy.
-fn replay<RB>(stored: &StoredResponse, replayed: bool) -> Response<IdempotentBody<RB>> {
-    let mut res = Response::new(IdempotentBody::buffered(
+fn replay<RB>(stored: &StoredResponse, replayed: bool) -> Response<BufferedBody<RB>> {
+    let mut res = Response::new(BufferedBody::buffered(
         stored.body.clone(),
         stored.trailers.clone(),
     ));
@@ -842,7 +843,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
             FutureProj::Passthrough { future } => future.poll(cx).map(|r| {
-                r.map(|res| res.map(IdempotentBody::inner))
+                r.map(|res| res.map(BufferedBody::inner))
                     .map_err(Into::into)
             }),
             FutureProj::Rejected { rejection } => Poll::Ready(Err(rejection.clone().boxed())),

@@ -86,14 +86,14 @@
 //! [`IdempotencyReleased`](crate::observe::Event::IdempotencyReleased) (with the reason
 //! a key was freed).
 
-mod body;
 mod config;
 mod key;
 mod layer;
 mod store;
 mod values;
 
-pub use body::IdempotentBody;
+/// The body of [`Idempotency`]'s responses (the shared [`BufferedBody`](crate::http::BufferedBody)).
+pub type IdempotentBody<B> = crate::http::BufferedBody<B>;
 pub use config::IdempotencyConfig;
 pub use key::{DEFAULT_MAX_KEY_LEN, IdempotencyKeyHeader};
 pub use layer::{Conflict, Http, Idempotency, IdempotencyLayer, ResponseFuture, StorePredicate};

@@ -443,6 +443,7 @@ where
                     Some(v @ Verdict::Rejected(_)) => (levels.rejected, v.as_str(), v.detail()),
                     Some(v @ Verdict::Fallback(_)) => (levels.fallback, v.as_str(), v.detail()),
                     Some(v @ Verdict::Replayed) => (levels.replayed, v.as_str(), ""),
+                    Some(v @ Verdict::Cached(_)) => (levels.admitted, v.as_str(), v.detail()),
                     Some(v) => (levels.failed, v.as_str(), v.detail()),
                     None if status.is_server_error() => (levels.server_error, "admitted", ""),
                     None if status.is_client_error() => (levels.client_error, "admitted", ""),

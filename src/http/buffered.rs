@@ -1,4 +1,5 @@
-//! Bodies: reading with a cap, and the response body the layer answers with.
+//! Bodies read with a cap, and the response body of layers that keep copies of
+//! responses (idempotency, cache).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -12,11 +13,12 @@ use pin_project_lite::pin_project;
 use crate::BoxError;
 
 pin_project! {
-    /// The body of [`Idempotency`](super::Idempotency)'s responses: the inner service's
-    /// own body, or one the layer read (a stored or replayed response).
+    /// A response body that is either the inner service's own body, passed through, or
+    /// one a layer read whole (a stored, replayed or cached response). The idempotency
+    /// and cache layers answer with it.
     #[project = BodyProj]
     #[derive(Debug)]
-    pub struct IdempotentBody<B> {
+    pub struct BufferedBody<B> {
         #[pin]
         kind: Kind<B>,
     }
@@ -43,15 +45,15 @@ pin_project! {
     }
 }
 
-impl<B> IdempotentBody<B> {
+impl<B> BufferedBody<B> {
     pub(crate) fn inner(body: B) -> Self {
-        IdempotentBody {
+        BufferedBody {
             kind: Kind::Inner { body },
         }
     }
 
     pub(crate) fn buffered(data: Bytes, trailers: Option<HeaderMap>) -> Self {
-        IdempotentBody {
+        BufferedBody {
             kind: Kind::Buffered {
                 data: (!data.is_empty()).then_some(data),
                 trailers,
@@ -60,7 +62,7 @@ impl<B> IdempotentBody<B> {
     }
 
     fn partial(head: Bytes, rest: B) -> Self {
-        IdempotentBody {
+        BufferedBody {
             kind: Kind::Partial {
                 head: (!head.is_empty()).then_some(head),
                 rest,
@@ -69,7 +71,14 @@ impl<B> IdempotentBody<B> {
     }
 }
 
-impl<B> Body for IdempotentBody<B>
+impl<B> From<Bytes> for BufferedBody<B> {
+    /// A buffered body of `data`, without trailers.
+    fn from(data: Bytes) -> Self {
+        BufferedBody::buffered(data, None)
+    }
+}
+
+impl<B> Body for BufferedBody<B>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
@@ -131,7 +140,7 @@ pub(crate) enum Read<B> {
     /// Data and trailers.
     Whole(Bytes, Option<HeaderMap>),
     /// Larger than the cap: what was read so far is put back in front of the rest.
-    TooLarge(IdempotentBody<B>),
+    TooLarge(BufferedBody<B>),
 }
 
 /// Read `body` whole if it holds at most `max` bytes.
@@ -141,7 +150,7 @@ where
     B::Error: Into<BoxError>,
 {
     if body.size_hint().lower() > max {
-        return Ok(Read::TooLarge(IdempotentBody::inner(body)));
+        return Ok(Read::TooLarge(BufferedBody::inner(body)));
     }
     let mut body = body;
     let mut data = BytesMut::new();
@@ -152,7 +161,7 @@ where
             Ok(chunk) => {
                 if data.len() as u64 + chunk.len() as u64 > max {
                     data.extend_from_slice(&chunk);
-                    return Ok(Read::TooLarge(IdempotentBody::partial(data.freeze(), body)));
+                    return Ok(Read::TooLarge(BufferedBody::partial(data.freeze(), body)));
                 }
                 data.extend_from_slice(&chunk);
             }
@@ -192,7 +201,7 @@ mod tests {
         assert!(trailers.is_none());
         let mut t = HeaderMap::new();
         t.insert("grpc-status", "0".parse().unwrap());
-        let replay = IdempotentBody::<Full<Bytes>>::buffered(data, Some(t.clone()));
+        let replay = BufferedBody::<Full<Bytes>>::buffered(data, Some(t.clone()));
         assert_eq!(replay.size_hint().exact(), Some(4));
         let collected = replay.collect().await.unwrap();
         assert_eq!(collected.trailers(), Some(&t));
