@@ -225,7 +225,10 @@ impl Shared {
             key,
         });
         let status = self.status.as_ref().map(|(_, hit)| hit.clone());
-        Self::respond(&entry.response, entry.age(now), status, Some("hit"))
+        // No verdict on a fresh hit: an extension would allocate, and a hit must cost no
+        // more than the response's copy. The logging layer sees it as admitted (with its
+        // `Age`); the cache's own events and metrics count it.
+        Self::respond(&entry.response, entry.age(now), status, None)
     }
 
     fn stale<RB>(

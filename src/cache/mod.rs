@@ -71,8 +71,10 @@
 //! `advance` drive them exactly in tests.
 //!
 //! # Marks
-//! Answers from the cache carry `Age` (whole seconds since stored) and a
-//! [`Verdict::Cached`](crate::http::Verdict::Cached) the logging layer reads. With
+//! Answers from the cache carry `Age` (whole seconds since stored); stale ones also carry
+//! a [`Verdict::Cached`](crate::http::Verdict::Cached) the logging layer reads (a fresh
+//! hit does not: the extension would cost an allocation, and a hit costs only its
+//! response's copy). With
 //! [`cache_status`](CacheBuilder::cache_status) every answer also carries an RFC 9211
 //! `Cache-Status`: `parapet; hit`, `parapet; hit; ttl=-3` (stale while revalidating),
 //! `parapet; fwd=stale; fwd-status=503; ttl=-40` (stale if error),

@@ -13,7 +13,7 @@ use crate::error::RejectionKind;
 /// | [`RejectionResponseLayer`](super::RejectionResponseLayer), answering any other error | [`InternalError`](Verdict::InternalError) |
 /// | [`FallbackLayer`](crate::fallback::FallbackLayer) with [`HeaderMark`](crate::fallback::HeaderMark) | [`Fallback`](Verdict::Fallback) with its source |
 /// | [`IdempotencyLayer`](crate::idempotency::IdempotencyLayer), replaying | [`Replayed`](Verdict::Replayed) |
-/// | [`CacheLayer`](crate::cache::CacheLayer), answering from the cache | [`Cached`](Verdict::Cached) with `"hit"`, `"stale_while_revalidate"` or `"stale_if_error"` |
+/// | [`CacheLayer`](crate::cache::CacheLayer), answering with a stale copy | [`Cached`](Verdict::Cached) with `"stale_while_revalidate"` or `"stale_if_error"` (a fresh hit carries none: it would cost an allocation) |
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Verdict {
