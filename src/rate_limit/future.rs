@@ -61,13 +61,9 @@ impl<F, S, Req, H> fmt::Debug for ResponseFuture<F, S, Req, H> {
 }
 
 impl<F, S, Req, H> ResponseFuture<F, S, Req, H> {
-    pub(super) fn called(fut: F, info: Option<RateLimitInfo>, headers: H) -> Self {
+    pub(super) fn called(fut: F, info: Option<Box<RateLimitInfo>>, headers: H) -> Self {
         ResponseFuture {
-            state: State::Called {
-                fut,
-                info: info.map(Box::new),
-                headers,
-            },
+            state: State::Called { fut, info, headers },
         }
     }
 
@@ -148,7 +144,7 @@ where
                             let headers = wait.headers.clone();
                             state.set(State::Called {
                                 fut,
-                                info: info.map(Box::new),
+                                info,
                                 headers,
                             });
                         }
@@ -173,7 +169,7 @@ where
                                 retry_after: again,
                                 shadow: false,
                             });
-                            let rejection = Rejection::rate_limited(again, Some(info));
+                            let rejection = Rejection::rate_limited(again, Some(*info));
                             state.set(State::Rejected { error: None });
                             return Poll::Ready(Err(rejection.boxed()));
                         }

@@ -614,7 +614,7 @@ where
                         self.headers.clone(),
                     );
                 }
-                ResponseFuture::rejected(Rejection::rate_limited(wait, Some(info)))
+                ResponseFuture::rejected(Rejection::rate_limited(wait, Some(*info)))
             }
         }
     }

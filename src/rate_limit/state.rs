@@ -164,12 +164,13 @@ struct QuotaLimiter {
 pub(super) enum Decision {
     /// Every quota admitted it. `info` (when asked for) describes the quota with the least
     /// left.
-    Admitted { info: Option<RateLimitInfo> },
+    Admitted { info: Option<Box<RateLimitInfo>> },
     /// Quota `quota` refused it; a request of the same weight may pass after `wait`.
+    /// (The infos are boxed: the decision stays small on the admitted path.)
     Refused {
         quota: usize,
         wait: Duration,
-        info: RateLimitInfo,
+        info: Box<RateLimitInfo>,
     },
 }
 
@@ -261,7 +262,7 @@ impl Quotas {
                     return Decision::Refused {
                         quota: i,
                         wait,
-                        info: self.info(i, 0, wait),
+                        info: Box::new(self.info(i, 0, wait)),
                     };
                 }
             }
@@ -270,7 +271,7 @@ impl Quotas {
             let q = &self.limiters[i];
             let used = u64::from(q.burst.saturating_sub(left));
             let reset = Duration::from_nanos(used.saturating_mul(q.interval_nanos));
-            self.info(i, u64::from(left), reset)
+            Box::new(self.info(i, u64::from(left), reset))
         });
         Decision::Admitted { info }
     }
