@@ -320,7 +320,7 @@ async fn a_predicate_targets_requests() {
     let (calls, inner) = counted();
     let layer = FaultLayer::builder()
         .error_rate(100.0)
-        .when(|n: &u32| n % 2 == 0)
+        .when(|n: &u32| n.is_multiple_of(2))
         .mode(Mode::Enforce)
         .build()
         .unwrap();
