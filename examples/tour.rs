@@ -25,7 +25,8 @@ use tower_parapet::BulkheadLayer;
 use tower_parapet::cache::CacheLayer;
 use tower_parapet::circuit_breaker::{CircuitBreakerLayer, SlidingWindow};
 use tower_parapet::classify::ServerErrorsAsFailures;
-use tower_parapet::fallback::{self, FallbackLayer, HeaderMark, LastKnownGood};
+use tower_parapet::fallback::{self, Failure, FallbackLayer, HeaderMark, LastKnownGood};
+use tower_parapet::fault::FaultLayer;
 use tower_parapet::flags::{FeatureGateLayer, FlagDef, FlagStore};
 use tower_parapet::http::RejectionResponseLayer;
 use tower_parapet::idempotency::{Conflict, IdempotencyLayer};
@@ -115,6 +116,7 @@ impl Journal {
                     format!(" (attempt {attempt} in {}{pushed})", ms(delay))
                 }
                 Event::RetryStopped { reason, .. } => format!(" ({})", reason.as_str()),
+                Event::FaultInjected { fault, .. } => format!(" ({fault})"),
                 Event::BulkheadRejected { limit, waited, .. } => {
                     format!(" (limit {limit}, waited {})", ms(waited))
                 }
@@ -1162,6 +1164,83 @@ async fn product_list(journal: &Journal) {
     );
 }
 
+async fn chaos(journal: &Journal) {
+    // A healthy dependency (30 ms) behind a fault layer that makes it hang, off until a
+    // game day switches it on through its handle.
+    let dep = dependency(|n, _| async move {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        Ok(ok(format!("stock #{n}")))
+    });
+    let faults = FaultLayer::builder()
+        .name("inventory-chaos")
+        .seed(14)
+        .hang_rate(100.0)
+        .observer(journal.observer())
+        .build()
+        .expect("a valid fault layer");
+    let chaos = faults.handle();
+    let breaker = CircuitBreakerLayer::builder()
+        .name("inventory")
+        .sliding_window(SlidingWindow::count(10))
+        .minimum_calls(4)
+        .failure_rate_threshold(50)
+        .wait_in_open(Duration::from_secs(5))
+        .permitted_calls_in_half_open(1)
+        .classifier(ServerErrorsAsFailures)
+        .observer(journal.observer())
+        .build()
+        .expect("a valid breaker");
+    let apology = fallback::from_fn(|f: Failure<Response<Body>>| match f {
+        Failure::Error(e) if tower_parapet::Rejection::from_box(&e).is_some() => {
+            Ok(ok("stock unknown, try again soon"))
+        }
+        Failure::Error(e) => Err(e),
+        Failure::Response(r) => Ok(r),
+    });
+    let mut svc: Stack = BoxCloneService::new(
+        ServiceBuilder::new()
+            .layer(RejectionResponseLayer::new().observer(journal.observer()))
+            .layer(
+                FallbackLayer::new(apology)
+                    .mark(HeaderMark::default())
+                    .observer(journal.observer()),
+            )
+            .layer(breaker)
+            .layer(TimeoutLayer::new(Duration::from_millis(500)).observer(journal.observer()))
+            .layer(faults)
+            .service(dep),
+    );
+    let mut t = Table::new();
+    t.send(&mut svc, journal, "GET /stock (faults off)", get("/stock"))
+        .await;
+    chaos.enable();
+    let (mut late, mut answered) = (0, 0);
+    for _ in 0..6 {
+        let sent = Instant::now();
+        t.send(&mut svc, journal, "GET /stock (hang 100 %)", get("/stock"))
+            .await;
+        answered += 1;
+        late += usize::from(sent.elapsed() > Duration::from_millis(500));
+    }
+    chaos.disable();
+    tokio::time::advance(Duration::from_secs(5)).await;
+    for _ in 0..2 {
+        t.send(&mut svc, journal, "GET /stock (faults off)", get("/stock"))
+            .await;
+    }
+    t.print(
+        "14. Chaos on purpose: a fault layer makes the dependency hang",
+        &format!(
+            "The fault layer is off until its handle switches it on; then every call hangs. \
+             Of {answered} requests during the fault, {late} answered later than the 500 ms \
+             deadline: the timeout turns each hung call into the fallback at 500 ms until the \
+             breaker has seen enough failures to open, and then the fallback answers at once. Switched off, the next probe closes \
+             the breaker. `cargo test --all-features --test chaos -- --nocapture` runs longer \
+             scenarios (hangs, 30-60 % error bursts under retry) and prints their numbers."
+        ),
+    );
+}
+
 fn main() {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -1185,6 +1264,7 @@ fn main() {
         blip(&journal).await;
         bulkhead(&journal).await;
         product_list(&journal).await;
+        chaos(&journal).await;
         println!(
             "\nHere a journal observer collected the decisions for the tables. By default each one \
              is a `tracing` event with the fields layer, name, outcome (and key, state, \

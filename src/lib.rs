@@ -22,10 +22,10 @@
 //! | logging | what happened to each request, and why? (span, request id, outcome) | [`logging`] (feature `http`) |
 //! | fan-out | one page from five calls, degraded instead of down (per-branch deadlines, partial results) | [`fanout`] |
 //! | health | should this instance get traffic? (registry, snapshot, `/livez`, `/readyz`) | [`health`] |
+//! | fault injection | what happens if this dependency fails? (errors, HTTP statuses, latency, hangs, aborts at seeded rates; off by default, switched at runtime; targeted by predicate or share of keys) | [`fault`] ([`FaultLayer`]) |
 //! | admin router | who flips the switch, and who did? (flags, breakers, modes, behind a token) | [`http::admin`] (feature `axum`) |
 //!
-//! Hedging and fault injection build on the same shared core and arrive as their own
-//! modules.
+//! Hedging builds on the same shared core and arrives as its own module.
 //!
 //! # The shared core
 //! - [`Rejection`]: one typed error for every refusal (timeout, circuit open, rate limited,
@@ -134,6 +134,7 @@ pub mod config;
 pub mod error;
 pub mod fallback;
 pub mod fanout;
+pub mod fault;
 pub mod flags;
 pub mod grpc;
 pub mod health;
@@ -162,6 +163,7 @@ pub use cache::CacheLayer;
 pub use circuit_breaker::CircuitBreakerLayer;
 pub use error::{BoxError, ConfigError, RateLimitInfo, Rejection, RejectionKind, RejectionKinds};
 pub use fallback::FallbackLayer;
+pub use fault::FaultLayer;
 pub use flags::FeatureGateLayer;
 #[cfg(feature = "http")]
 pub use http::RejectionResponseLayer;

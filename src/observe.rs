@@ -447,6 +447,26 @@ pub enum Event<'a> {
         /// The key, target or prefix given (empty for `"all"`).
         target: &'a str,
     },
+    /// The fault-injection layer injected a fault into a call (with `shadow` set, it only
+    /// reports the fault it would have injected).
+    FaultInjected {
+        /// The fault layer's name.
+        name: &'a str,
+        /// Which fault.
+        fault: crate::fault::FaultKind,
+        /// The delay of a latency fault.
+        delay: Option<Duration>,
+        /// Whether this was only reported (shadow mode).
+        shadow: bool,
+    },
+    /// The fault-injection layer was switched or retuned through its handle:
+    /// `"enabled"`, `"disabled"`, `"shadowed"`, `"rate"`, `"kinds"` or `"latency"`.
+    FaultChanged {
+        /// The fault layer's name.
+        name: &'a str,
+        /// What changed.
+        change: &'static str,
+    },
 }
 
 /// What made a fallback fire.
@@ -518,6 +538,7 @@ impl Event<'_> {
             | Event::CacheStored { .. }
             | Event::CacheNotStored { .. }
             | Event::CacheInvalidated { .. } => "cache",
+            Event::FaultInjected { .. } | Event::FaultChanged { .. } => "fault",
         }
     }
 
@@ -561,7 +582,9 @@ impl Event<'_> {
             | Event::CacheCoalesced { name, .. }
             | Event::CacheStored { name, .. }
             | Event::CacheNotStored { name, .. }
-            | Event::CacheInvalidated { name, .. } => name,
+            | Event::CacheInvalidated { name, .. }
+            | Event::FaultInjected { name, .. }
+            | Event::FaultChanged { name, .. } => name,
         }
     }
 
@@ -638,6 +661,9 @@ impl Event<'_> {
             Event::CacheStored { .. } => "stored",
             Event::CacheNotStored { .. } => "not_stored",
             Event::CacheInvalidated { .. } => "invalidated",
+            Event::FaultInjected { shadow: false, .. } => "fault_injected",
+            Event::FaultInjected { shadow: true, .. } => "would_have_injected_fault",
+            Event::FaultChanged { .. } => "fault_changed",
         }
     }
 
@@ -692,6 +718,8 @@ impl Event<'_> {
             | Event::CacheCoalesced { .. }
             | Event::CacheNotStored { .. } => tracing::Level::DEBUG,
             Event::CacheStaleServed { .. } | Event::CacheInvalidated { .. } => tracing::Level::INFO,
+            Event::FaultInjected { .. } => tracing::Level::DEBUG,
+            Event::FaultChanged { .. } => tracing::Level::WARN,
         }
     }
 }
@@ -1076,6 +1104,22 @@ impl Observer for TracingObserver {
             Event::CacheInvalidated { scope, target, .. } => {
                 emit!(level, event, scope, target, "cached responses invalidated")
             }
+            Event::FaultInjected {
+                fault,
+                delay,
+                shadow,
+                ..
+            } => emit!(
+                level,
+                event,
+                fault = fault.as_str(),
+                after_ms = delay.map(millis),
+                state = if shadow { "shadow" } else { "enforce" },
+                "fault injected"
+            ),
+            Event::FaultChanged { change, .. } => {
+                emit!(level, event, change, "fault injection changed")
+            }
         }
     }
 }
@@ -1329,6 +1373,16 @@ mod tests {
                 name: "n",
                 scope: "prefix",
                 target: "/products",
+            },
+            Event::FaultInjected {
+                name: "n",
+                fault: crate::fault::FaultKind::Latency,
+                delay: Some(Duration::from_millis(5)),
+                shadow: false,
+            },
+            Event::FaultChanged {
+                name: "n",
+                change: "enabled",
             },
         ];
         for e in &events {

@@ -110,7 +110,7 @@
 mod config;
 mod future;
 mod layer;
-mod state;
+pub(crate) mod state;
 mod window;
 
 pub use config::{CircuitBreakerConfig, SlidingWindow, WaitGrowth};
