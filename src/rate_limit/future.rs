@@ -142,11 +142,7 @@ where
                             let req = wait.req.take().expect("polled after completion");
                             let fut = wait.svc.call(req);
                             let headers = wait.headers.clone();
-                            state.set(State::Called {
-                                fut,
-                                info,
-                                headers,
-                            });
+                            state.set(State::Called { fut, info, headers });
                         }
                         Decision::Refused {
                             quota,
