@@ -520,3 +520,291 @@ async fn switching_kinds_mid_run_changes_what_the_stack_sees() {
     );
     assert_eq!(events.get("fault/fault_injected"), 2);
 }
+
+/// One answer of the flood scenario: who sent it, and whether it was admitted.
+async fn send_as(app: &Router, client: &'static str) -> (StatusCode, bool) {
+    let req = Request::get("/")
+        .header("x-client", client)
+        .body(Body::empty())
+        .unwrap();
+    let res = app.clone().oneshot(req).await.unwrap();
+    let retry_after = res.headers().contains_key("retry-after");
+    (res.status(), retry_after)
+}
+
+/// (d) One client floods (200 requests a second) while four others send 5 a second, all
+/// behind a keyed limit of 10 a second (burst 10) and a dependency with injected latency:
+/// the flooder gets its quota and 429s, the others every request.
+#[tokio::test(start_paused = true)]
+async fn a_flood_from_one_client_leaves_the_others_their_rate() {
+    const SECONDS: u64 = 10;
+    const FLOODER: &str = "flooder";
+    const OTHERS: [&str; 4] = ["alice", "bob", "carol", "dave"];
+    let events = Events::default();
+    let handled: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
+    let faults = FaultLayer::builder()
+        .name("dependency")
+        .seed(7)
+        .latency(30.0, Duration::from_millis(50))
+        .observer(events.observer())
+        .build()
+        .unwrap();
+    faults.handle().enable();
+    let limit = tower_parapet::RateLimitLayer::keyed(
+        tower_parapet::key::Header::new(axum::http::HeaderName::from_static("x-client")),
+        tower_parapet::rate_limit::Quota::per_second(10),
+    )
+    .observer(events.observer());
+    let h = handled.clone();
+    let app = Router::new()
+        .route(
+            "/",
+            get(move |headers: axum::http::HeaderMap| {
+                let client = headers["x-client"].to_str().unwrap().to_owned();
+                *h.lock().unwrap().entry(client).or_default() += 1;
+                async { "real" }
+            }),
+        )
+        .layer(
+            ServiceBuilder::new()
+                .layer(RejectionResponseLayer::new())
+                .layer(limit)
+                .layer(faults),
+        );
+
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    let schedule = std::iter::once((FLOODER, Duration::from_millis(5)))
+        .chain(OTHERS.iter().map(|c| (*c, Duration::from_millis(200))));
+    for (client, every) in schedule {
+        let n = Duration::from_secs(SECONDS).as_millis() / every.as_millis();
+        for i in 0..n as u32 {
+            let app = app.clone();
+            tasks.spawn(async move {
+                tokio::time::sleep_until(start + every * i).await;
+                (client, send_as(&app, client).await)
+            });
+        }
+    }
+    let mut sent: HashMap<&str, u32> = HashMap::new();
+    let mut admitted: HashMap<&str, u32> = HashMap::new();
+    let mut limited: HashMap<&str, u32> = HashMap::new();
+    let mut limited_without_retry_after = 0;
+    let mut other_statuses = 0;
+    for (client, (status, retry_after)) in tasks.join_all().await {
+        *sent.entry(client).or_default() += 1;
+        match status {
+            StatusCode::OK => *admitted.entry(client).or_default() += 1,
+            StatusCode::TOO_MANY_REQUESTS => {
+                *limited.entry(client).or_default() += 1;
+                limited_without_retry_after += u32::from(!retry_after);
+            }
+            _ => other_statuses += 1,
+        }
+    }
+    let handled = handled.lock().unwrap().clone();
+    let count = |m: &HashMap<&str, u32>, c: &str| m.get(c).copied().unwrap_or(0);
+
+    let mut rows = Vec::new();
+    for c in std::iter::once(FLOODER).chain(OTHERS) {
+        rows.push((
+            format!("{c}: admitted / sent"),
+            format!("{} / {}", count(&admitted, c), count(&sent, c)),
+        ));
+        rows.push((format!("{c}: 429"), count(&limited, c).to_string()));
+    }
+    rows.push((
+        "rate limit events (rejections)".into(),
+        events.get("rate_limit/rate_limited").to_string(),
+    ));
+    rows.push((
+        "latency faults injected".into(),
+        events.get("fault/fault_injected").to_string(),
+    ));
+    rows.push((
+        "429 without Retry-After".into(),
+        limited_without_retry_after.to_string(),
+    ));
+    rows.push((
+        "answers other than 200 or 429".into(),
+        other_statuses.to_string(),
+    ));
+    let rows: Vec<(&str, String)> = rows.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    table(
+        "chaos (d): one client floods at 200/s, four send 5/s (keyed limit 10/s, burst 10, 10 s)",
+        &rows,
+    );
+
+    // The others: every request admitted and handled, none refused.
+    for c in OTHERS {
+        assert_eq!(count(&sent, c), 50, "{c}");
+        assert_eq!(count(&admitted, c), 50, "{c}");
+        assert_eq!(count(&limited, c), 0, "{c}");
+        assert_eq!(handled.get(c).copied(), Some(50), "{c}");
+    }
+    // The flooder: its burst plus its rate over the run, the rest refused with 429.
+    let flood_ok = count(&admitted, FLOODER);
+    assert_eq!(count(&sent, FLOODER), 2_000);
+    assert!(
+        (10 + 10 * SECONDS as u32 - 1..=10 + 10 * SECONDS as u32).contains(&flood_ok),
+        "{flood_ok}"
+    );
+    assert_eq!(count(&limited, FLOODER), 2_000 - flood_ok);
+    assert_eq!(handled.get(FLOODER).copied(), Some(flood_ok));
+    assert_eq!(
+        events.get("rate_limit/rate_limited"),
+        count(&limited, FLOODER)
+    );
+    assert_eq!(limited_without_retry_after, 0);
+    assert_eq!(other_statuses, 0);
+    assert!(events.get("fault/fault_injected") > 0);
+}
+
+/// (e) Duplicate submissions of 40 payments, six per key from different clients, some
+/// while the first still runs, through a handler whose calls fail (503) or hang
+/// (cut at 1 s) at injected rates, behind an idempotency layer that waits 300 ms for a
+/// key in flight: no key runs twice, every client gets an answer — the stored response,
+/// a conflict, or a retryable error.
+#[tokio::test(start_paused = true)]
+async fn duplicate_submissions_under_faults_run_each_key_at_most_once() {
+    use tower_parapet::idempotency::{Conflict, IdempotencyLayer};
+
+    const KEYS: u32 = 40;
+    const DEADLINE: Duration = Duration::from_secs(1);
+    /// When each of a key's six submissions is sent, after the key's first.
+    const OFFSETS_MS: [u64; 6] = [0, 5, 50, 400, 1_500, 3_000];
+    let events = Events::default();
+    let executions: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
+    let faults = FaultLayer::builder()
+        .name("payments")
+        .seed(11)
+        .error_rate(25.0)
+        .hang_rate(15.0)
+        .http_status(StatusCode::SERVICE_UNAVAILABLE)
+        .observer(events.observer())
+        .build()
+        .unwrap();
+    faults.handle().enable();
+    let idempotency = IdempotencyLayer::new()
+        .conflict(Conflict::Wait(Duration::from_millis(300)))
+        // A 503 the fault layer answered before the handler ran is not a result to keep.
+        .store_if(|s| s != StatusCode::SERVICE_UNAVAILABLE)
+        .observer(events.observer());
+    let ex = executions.clone();
+    let app = Router::new()
+        .route(
+            "/pay",
+            axum::routing::post(move |headers: axum::http::HeaderMap| {
+                let key = headers["idempotency-key"].to_str().unwrap().to_owned();
+                let n = {
+                    let mut ex = ex.lock().unwrap();
+                    let n = ex.entry(key.clone()).or_default();
+                    *n += 1;
+                    *n
+                };
+                async move {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    format!("charged {key} (execution {n})")
+                }
+            }),
+        )
+        .layer(
+            ServiceBuilder::new()
+                .layer(RejectionResponseLayer::new())
+                .layer(TimeoutLayer::new(DEADLINE).observer(events.observer()))
+                .layer(idempotency)
+                .layer(faults),
+        );
+
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for k in 0..KEYS {
+        for offset in OFFSETS_MS {
+            let app = app.clone();
+            tasks.spawn(async move {
+                let at = start + Duration::from_millis(100 * u64::from(k) + offset);
+                tokio::time::sleep_until(at).await;
+                let key = format!("pay-{k}");
+                let req = Request::post("/pay")
+                    .header("idempotency-key", &key)
+                    .body(Body::empty())
+                    .unwrap();
+                let sent = Instant::now();
+                let res = app.clone().oneshot(req).await.unwrap();
+                let status = res.status();
+                let replayed = res.headers().contains_key("idempotent-replayed");
+                let body = axum::body::to_bytes(res.into_body(), usize::MAX)
+                    .await
+                    .unwrap();
+                (key, status, replayed, body, sent.elapsed())
+            });
+        }
+    }
+    let answers = tasks.join_all().await;
+    let executions = executions.lock().unwrap().clone();
+
+    let by = |s: StatusCode| answers.iter().filter(|a| a.1 == s).count();
+    let ok = by(StatusCode::OK);
+    let replayed = answers
+        .iter()
+        .filter(|a| a.1 == StatusCode::OK && a.2)
+        .count();
+    let (conflicts, unavailable, timed_out) = (
+        by(StatusCode::CONFLICT),
+        by(StatusCode::SERVICE_UNAVAILABLE),
+        by(StatusCode::GATEWAY_TIMEOUT),
+    );
+    let others = answers.len() - ok - conflicts - unavailable - timed_out;
+    let most_runs = executions.values().copied().max().unwrap_or(0);
+    let executed = executions.len();
+    let slowest = answers.iter().map(|a| a.4).max().unwrap();
+    // Every 200 of a key carries the body of its one execution.
+    let mut bodies: HashMap<&str, std::collections::HashSet<&[u8]>> = HashMap::new();
+    for a in answers.iter().filter(|a| a.1 == StatusCode::OK) {
+        bodies.entry(a.0.as_str()).or_default().insert(&a.3[..]);
+    }
+    let keys_with_two_bodies = bodies.values().filter(|b| b.len() > 1).count();
+    let injected = events.get("fault/fault_injected");
+    let released = events.get("idempotency/released");
+
+    table(
+        "chaos (e): 40 keys x 6 submissions, handler faults 25 % 503 + 15 % hang, wait 300 ms, deadline 1 s",
+        &[
+            ("submissions", answers.len().to_string()),
+            (
+                "handler executions",
+                executions.values().sum::<u32>().to_string(),
+            ),
+            ("keys executed", executed.to_string()),
+            ("most executions of one key", most_runs.to_string()),
+            (
+                "keys answered with two different bodies",
+                keys_with_two_bodies.to_string(),
+            ),
+            ("200 (stored response)", ok.to_string()),
+            ("  of them replayed", replayed.to_string()),
+            ("409 (conflict: key still in flight)", conflicts.to_string()),
+            ("503 (injected error, retryable)", unavailable.to_string()),
+            ("504 (hung call cut at the deadline)", timed_out.to_string()),
+            ("any other answer", others.to_string()),
+            ("faults injected", injected.to_string()),
+            ("keys released for a retry", released.to_string()),
+            ("slowest answer", format!("{slowest:?}")),
+        ],
+    );
+
+    assert_eq!(answers.len(), (KEYS as usize) * OFFSETS_MS.len());
+    assert_eq!(most_runs, 1, "a key executed more than once");
+    assert_eq!(keys_with_two_bodies, 0);
+    // Every client got an answer of the three kinds, within the deadline.
+    assert_eq!(others, 0);
+    assert!(slowest <= DEADLINE, "{slowest:?}");
+    // Each execution answered one client fresh; every other 200 is a replay.
+    assert_eq!(ok - replayed, executed);
+    // Faults happened and were all answered as retryable errors (a waiter whose holder
+    // failed may run the request itself, so a fault reaches exactly one client).
+    assert!(unavailable > 0 && timed_out > 0 && conflicts > 0);
+    assert_eq!(unavailable + timed_out, injected as usize);
+    // Nearly every key ends up executed: six tries against a 40 % fault rate.
+    assert!(executed >= KEYS as usize - 2, "{executed}");
+}
