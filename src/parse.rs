@@ -17,9 +17,41 @@ pub(crate) fn parse_digits(bytes: &[u8], max_digits: usize) -> Option<u64> {
     Some(n)
 }
 
+/// Split a `Cache-Control` value on commas outside quoted strings (with `\` escapes):
+/// a comma inside an argument (`no-cache="Set-Cookie, Authorization"`) separates
+/// nothing.
+#[cfg(feature = "http")]
+pub(crate) fn split_directives(value: &str) -> impl Iterator<Item = &str> {
+    let mut quoted = false;
+    let mut escaped = false;
+    value.split(move |c: char| {
+        if escaped {
+            escaped = false;
+        } else if quoted && c == '\\' {
+            escaped = true;
+        } else if c == '"' {
+            quoted = !quoted;
+        } else if c == ',' && !quoted {
+            return true;
+        }
+        false
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::parse_digits;
+    #[cfg(feature = "http")]
+    use super::split_directives;
+
+    #[cfg(feature = "http")]
+    #[test]
+    fn directives_split_outside_quoted_strings() {
+        let parts: Vec<&str> = split_directives(r#"a="x, y", b, c="q\", z", d"#).collect();
+        assert_eq!(parts, [r#"a="x, y""#, " b", r#" c="q\", z""#, " d"]);
+        // An unterminated string runs to the end.
+        assert_eq!(split_directives(r#"a="x, y"#).count(), 1);
+    }
 
     #[test]
     fn digits_only_and_saturating() {

@@ -39,7 +39,7 @@ impl Directives {
                 d.no_store = true;
                 continue;
             };
-            for part in value.split(',') {
+            for part in crate::parse::split_directives(value) {
                 let (name, arg) = match part.split_once('=') {
                     Some((n, a)) => (n.trim(), Some(a)),
                     None => (part.trim(), None),

@@ -59,7 +59,7 @@ pub(crate) fn not_replayable_unless<B>(
         .get_all(http::header::CACHE_CONTROL)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
+        .flat_map(crate::parse::split_directives)
         .map(|d| d.trim().split('=').next().unwrap_or("").trim())
         .any(|d| d.eq_ignore_ascii_case("no-store") || d.eq_ignore_ascii_case("private"));
     private.then_some("Cache-Control forbids storing it")
