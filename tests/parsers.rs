@@ -18,10 +18,12 @@ use proptest::prelude::*;
 use tower::{Layer, ServiceExt};
 use tower_parapet::BoxError;
 use tower_parapet::cache::CacheLayer;
-use tower_parapet::grpc::{format_grpc_timeout, parse_grpc_timeout};
+use tower_parapet::grpc::{Code, format_grpc_timeout, parse_grpc_timeout};
 use tower_parapet::idempotency::IdempotencyKeyHeader;
 use tower_parapet::key::{ClientIp, KeyError, KeyExtractor, PeerAddr};
-use tower_parapet::retry::{parse_http_date, parse_ratelimit_reset, parse_retry_after};
+use tower_parapet::retry::{
+    Pushback, parse_grpc_pushback, parse_http_date, parse_ratelimit_reset, parse_retry_after,
+};
 
 fn config(cases: u32) -> ProptestConfig {
     ProptestConfig {
@@ -106,6 +108,36 @@ proptest! {
         if !back.is_zero() {
             prop_assert_eq!(parse_grpc_timeout(format_grpc_timeout(back).as_bytes()), Ok(back));
         }
+    }
+}
+
+proptest! {
+    #![proptest_config(config(512))]
+
+    #[test]
+    fn grpc_status_is_one_or_two_digits_naming_a_code(value in header_bytes(4)) {
+        if let Some(code) = Code::parse(&value) {
+            prop_assert!((1..=2).contains(&value.len()));
+            let n: u8 = std::str::from_utf8(&value).unwrap().parse().unwrap();
+            prop_assert_eq!(code.as_u8(), n);
+        }
+        for n in 0u8..=99 {
+            let code = Code::parse(n.to_string().as_bytes());
+            prop_assert_eq!(code.map(Code::as_u8), (n <= 16).then_some(n));
+        }
+    }
+
+    #[test]
+    fn grpc_pushback_is_a_wait_or_stop(value in header_bytes(24), ms: u64) {
+        if let Pushback::After(wait) = parse_grpc_pushback(&value) {
+            prop_assert!(value.trim_ascii().iter().all(u8::is_ascii_digit));
+            prop_assert!(wait.as_millis() <= u128::from(u64::MAX));
+        }
+        prop_assert_eq!(
+            parse_grpc_pushback(format!(" {ms} ").as_bytes()),
+            Pushback::After(Duration::from_millis(ms))
+        );
+        prop_assert_eq!(parse_grpc_pushback(format!("-{ms}").as_bytes()), Pushback::Stop);
     }
 }
 
@@ -786,6 +818,29 @@ mod flag_files {
             }
         }
         out
+    }
+
+    /// Deep nesting is refused by the parsers' depth limits, not by a stack overflow.
+    #[test]
+    fn deeply_nested_flag_files_are_errors() {
+        for depth in [64, 1_000, 100_000] {
+            let json_text = format!(
+                r#"{{"flags": {{"a": {{"description": {}{}}}}}}}"#,
+                "[".repeat(depth),
+                "]".repeat(depth)
+            );
+            assert!(json().parse(&json_text).is_err(), "json depth {depth}");
+            let toml_text = format!("a = {}{}", "[".repeat(depth), "]".repeat(depth));
+            assert!(
+                toml().parse(&toml_text).is_err(),
+                "toml array depth {depth}"
+            );
+            let toml_text = format!("a = {}{}", "{b = ".repeat(depth), "}".repeat(depth));
+            assert!(
+                toml().parse(&toml_text).is_err(),
+                "toml table depth {depth}"
+            );
+        }
     }
 
     proptest! {
