@@ -5,9 +5,10 @@
 //! cargo test --all-features --test chaos -- --nocapture
 //! ```
 //!
-//! Stack, outermost first: edge adapter (`RejectionResponseLayer`) → fallback → (overall
-//! timeout → retry) → circuit breaker → per-attempt timeout → `FaultLayer` → an axum
-//! handler.
+//! Stack of (a)–(c), outermost first: edge adapter (`RejectionResponseLayer`) → fallback →
+//! (overall timeout → retry) → circuit breaker → per-attempt timeout → `FaultLayer` → an
+//! axum handler. (d) puts a keyed rate limit in front of the fault layer, (e) a timeout
+//! and an idempotency layer.
 #![cfg(feature = "axum")]
 
 use std::collections::HashMap;
