@@ -528,6 +528,27 @@ fn cache_control_commas_inside_quoted_strings_split_nothing() {
     assert_eq!(calls(r#"max-age="60", public"#), 1);
 }
 
+/// Regression: a `max-age` of more than 20 digits was refused as invalid and so read as
+/// `max-age=0` (not stored), where RFC 9111 §1.2.2 reads a delta-seconds too large to
+/// represent as the largest one. Windows of any size are stored without overflow.
+#[test]
+fn cache_control_huge_windows_do_not_overflow() {
+    for n in [
+        "18446744073709551615",
+        "99999999999999999999999",
+        "9223372036854775808",
+    ] {
+        for cc in [
+            format!("max-age={n}"),
+            format!("s-maxage={n}, stale-while-revalidate={n}, stale-if-error={n}"),
+            format!("max-age=1, stale-while-revalidate={n}"),
+            format!("max-age=1, stale-if-error={n}"),
+        ] {
+            assert_eq!(origin_calls(&[cc.clone().into_bytes()]), 1, "{cc}");
+        }
+    }
+}
+
 // ---- Retry-After, HTTP-date, RateLimit -------------------------------------------------
 
 /// (year, month, day) of days since 1970-01-01.

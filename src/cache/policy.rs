@@ -19,15 +19,16 @@ pub(super) struct Directives {
     pub(super) stale_if_error: Option<u64>,
 }
 
-/// Seconds as in `max-age`: ASCII digits (optionally quoted), saturating; anything else
-/// is ignored.
+/// Seconds as in `max-age`: ASCII digits (optionally quoted), saturating however many
+/// there are (RFC 9111 §1.2.2: a value too large to represent is the largest one, not an
+/// invalid one); anything else is ignored.
 fn seconds(value: &str) -> Option<u64> {
     let v = value.trim();
     let v = v
         .strip_prefix('"')
         .and_then(|v| v.strip_suffix('"'))
         .unwrap_or(v);
-    crate::parse::parse_digits(v.as_bytes(), 20)
+    crate::parse::parse_digits(v.as_bytes(), v.len())
 }
 
 impl Directives {
