@@ -618,6 +618,34 @@ fn http_dates(secs: u64) -> [String; 3] {
 /// The last second of 9999.
 const MAX_DATE: u64 = 253_402_300_799;
 
+/// Regression: delay-seconds and the RateLimit parameters were read with at most 20
+/// digits. A longer `Retry-After` was ignored (so a client asked to wait longer retried
+/// sooner), and a longer `r=` counted as an exhausted policy. Numbers of any length now
+/// saturate, as Cache-Control's do.
+#[test]
+fn retry_numbers_longer_than_twenty_digits_saturate() {
+    let now = UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+    let max = Some(Duration::from_secs(u64::MAX));
+    assert_eq!(parse_retry_after(b"18446744073709551615", now), max);
+    assert_eq!(parse_retry_after(b"100000000000000000000000", now), max);
+    assert_eq!(
+        parse_retry_after(b"000000000000000000000060", now),
+        Some(Duration::from_secs(60))
+    );
+    assert_eq!(
+        parse_ratelimit_reset(br#""a";r=0000000000000000000005;t=9, "b";r=0;t=3"#),
+        Some(Duration::from_secs(3))
+    );
+    assert_eq!(
+        parse_ratelimit_reset(br#""a";r=0;t=000000000000000000000042"#),
+        Some(Duration::from_secs(42))
+    );
+    assert_eq!(
+        parse_ratelimit_reset(br#""a";r=0;t=99999999999999999999999"#),
+        max
+    );
+}
+
 proptest! {
     #![proptest_config(config(1024))]
 

@@ -60,7 +60,7 @@ pub fn parse_retry_after(value: &[u8], now: SystemTime) -> Option<Duration> {
     if value.len() > MAX_VALUE {
         return None;
     }
-    if let Some(secs) = parse_digits(value, 20) {
+    if let Some(secs) = parse_digits(value, value.len()) {
         return Some(Duration::from_secs(secs));
     }
     let at = parse_http_date(value)?;
@@ -204,9 +204,9 @@ pub fn parse_ratelimit_reset(value: &[u8]) -> Option<Duration> {
         for param in split_outside_quotes(item, b';').skip(1) {
             let param = param.trim_ascii();
             if let Some(v) = param.strip_prefix(b"r=") {
-                remaining = parse_digits(v, 20);
+                remaining = parse_digits(v, v.len());
             } else if let Some(v) = param.strip_prefix(b"t=") {
-                reset = parse_digits(v, 20);
+                reset = parse_digits(v, v.len());
             }
         }
         if let (Some(t), None | Some(0)) = (reset, remaining) {
