@@ -40,8 +40,8 @@ fn rejection_pushback(err: &BoxError) -> Option<Pushback> {
 /// The longest header value parsed; anything longer is ignored.
 const MAX_VALUE: usize = 256;
 
-/// `Retry-After`: delay-seconds (ASCII digits only) or an HTTP-date (see
-/// [`parse_http_date`]), as a wait from `now`. A date in the past is zero.
+/// `Retry-After`: delay-seconds (ASCII digits only, saturating however many) or an
+/// HTTP-date (see [`parse_http_date`]), as a wait from `now`. A date in the past is zero.
 ///
 /// ```
 /// use std::time::{Duration, SystemTime, UNIX_EPOCH};
