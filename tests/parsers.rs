@@ -777,7 +777,9 @@ proptest! {
 #[cfg(feature = "flag-files")]
 mod flag_files {
     use proptest::prelude::*;
-    use tower_parapet::flags::{FileFormat, FileSource, FlagDef, FlagSet, FlagValue, Rollout};
+    use tower_parapet::flags::{
+        FileFormat, FileSource, FlagDef, FlagSet, FlagValue, MAX_FLAG_NAME_LEN, Rollout,
+    };
 
     use super::config;
 
@@ -823,9 +825,38 @@ mod flag_files {
     }
 
     fn valid(set: &FlagSet) -> bool {
-        set.flags
-            .values()
-            .all(|d| d.rollout.as_ref().is_none_or(|r| r.percentage <= 100))
+        set.flags.iter().all(|(name, d)| {
+            !name.is_empty()
+                && name.len() <= MAX_FLAG_NAME_LEN
+                && !name.chars().any(|c| c.is_control() || c == '/')
+                && d.rollout.as_ref().is_none_or(|r| r.percentage <= 100)
+                && d.variants.contains_key(&d.on_variant)
+                && d.variants.contains_key(&d.off_variant)
+                && d.variants.contains_key(&d.default_variant)
+        })
+    }
+
+    /// Names are checked like the store's: not empty, at most 128 bytes, no `/` or
+    /// control character; served variants must exist.
+    #[test]
+    fn invalid_names_and_variants_are_refused() {
+        for name in ["", "a/b", "tab\there", &"x".repeat(129)] {
+            let text = format!(r#"{{"flags": {{"{name}": {{}}}}}}"#);
+            assert!(json().parse(&text).is_err(), "{name:?}");
+        }
+        let text = format!(r#"{{"flags": {{"{}": {{}}}}}}"#, "x".repeat(128));
+        assert!(json().parse(&text).is_ok());
+        assert!(
+            json()
+                .parse(r#"{"flags": {"a": {"on_variant": "nope"}}}"#)
+                .is_err()
+        );
+        assert!(
+            toml()
+                .parse("[flags.a]\ndefault_variant = \"nope\"\n")
+                .is_err()
+        );
+        assert!(toml().parse("[flags.\"a/b\"]\n").is_err());
     }
 
     fn toml_string(s: &str) -> String {
@@ -908,7 +939,7 @@ mod flag_files {
         fn near_valid_json_never_panics(
             set in flag_set(),
             cut in any::<proptest::sample::Index>(),
-            byte in proptest::sample::select(b"{}[]\",:0-9a \\".to_vec()),
+            byte in proptest::sample::select(b"{}[]\",:0-9a/ \\".to_vec()),
         ) {
             let text = serde_json::to_string(&set).unwrap();
             let mut bytes = text.into_bytes();
