@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use tower::{Layer, Service, ServiceBuilder, ServiceExt, service_fn};
+use tower::{Layer, Service, ServiceExt, service_fn};
 use tower_parapet::flags::{
     Clause, EvalContext, FeatureGateConfig, FeatureGateLayer, FileSource, FlagDef, FlagError,
     FlagStore, FlagValue, Op, Reason, Rule, bucket, murmur3_x86_32,
@@ -645,7 +645,7 @@ mod admin {
         let app = Router::new()
             .route("/checkout", get(|| async { "new checkout" }))
             .layer(
-                ServiceBuilder::new()
+                tower::ServiceBuilder::new()
                     .layer(RejectionResponseLayer::new())
                     .layer(FeatureGateLayer::new(&flags, "checkout")),
             )
