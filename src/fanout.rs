@@ -5,7 +5,8 @@
 //! of them share the fan-out's overall deadline (by default the caller's remaining
 //! [`Deadline`](crate::Deadline) when there is one). When the deadline comes, branches
 //! still running are dropped (their futures, and so their calls, are cancelled) and
-//! counted as timed out; the ones that answered are kept. The caller decides what is
+//! counted as timed out; a branch that panics is caught and counted as
+//! [`BranchError::Panicked`]; the ones that answered are kept. The caller decides what is
 //! critical.
 //!
 //! ```
@@ -32,9 +33,11 @@
 
 use std::fmt;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use tokio::time::Instant;
 
 use crate::error::BoxError;
@@ -58,6 +61,8 @@ pub enum BranchError {
     },
     /// It answered with an error (a rejection of its client stack included).
     Failed(BoxError),
+    /// It panicked: the panic is caught, so the other branches still count.
+    Panicked,
 }
 
 impl fmt::Display for BranchError {
@@ -65,6 +70,7 @@ impl fmt::Display for BranchError {
         match self {
             BranchError::TimedOut { after } => write!(f, "timed out after {after:?}"),
             BranchError::Failed(e) => write!(f, "failed: {e}"),
+            BranchError::Panicked => f.write_str("panicked"),
         }
     }
 }
@@ -146,9 +152,11 @@ impl<K, T> FanOut<K, T> {
             }
             let given = until.saturating_duration_since(start);
             async move {
-                let result = match tokio::time::timeout_at(until, b.future).await {
-                    Ok(Ok(value)) => Ok(value),
-                    Ok(Err(e)) => Err(BranchError::Failed(e)),
+                let guarded = AssertUnwindSafe(b.future).catch_unwind();
+                let result = match tokio::time::timeout_at(until, guarded).await {
+                    Ok(Ok(Ok(value))) => Ok(value),
+                    Ok(Ok(Err(e))) => Err(BranchError::Failed(e)),
+                    Ok(Err(_panic)) => Err(BranchError::Panicked),
                     Err(_) => Err(BranchError::TimedOut { after: given }),
                 };
                 (b.key, result)
@@ -238,6 +246,22 @@ mod tests {
             page.failure(&"e"),
             Some(BranchError::TimedOut { after }) if *after == Duration::from_millis(250)
         ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_panicking_branch_degrades_only_itself() {
+        let page = FanOut::new()
+            .branch("ok", Duration::from_secs(1), async { Ok::<_, BoxError>(1) })
+            .branch("boom", Duration::from_secs(1), async {
+                if true {
+                    panic!("downstream client bug");
+                }
+                Ok::<_, BoxError>(2)
+            })
+            .run()
+            .await;
+        assert_eq!(page.get(&"ok"), Some(&1));
+        assert!(matches!(page.failure(&"boom"), Some(BranchError::Panicked)));
     }
 
     #[tokio::test(start_paused = true)]
