@@ -64,6 +64,7 @@
 //! | `parapet_cache_requests_total` | counter | `name`, `result` (`hit`, `miss`, `stale_served`, `coalesced`) |
 //! | `parapet_cache_not_stored_total` | counter | `name`, `reason` |
 //! | `parapet_bulkhead_limit` | gauge | `name` (after each change through the handle) |
+//! | `parapet_backend_up` | gauge | `name` (a shared Redis backend: 0 when it goes down, 1 when it recovers) |
 //! | `parapet_requests_total` | counter | `method`, `route`, `status`, `outcome` |
 //! | `parapet_request_duration_seconds` | histogram | `method`, `route`, `outcome` |
 //!
@@ -154,6 +155,9 @@ pub mod mode;
 pub mod observe;
 mod parse;
 pub mod rate_limit;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod redis;
 pub mod retry;
 pub mod timeout;
 

@@ -23,6 +23,7 @@ use crate::observe::{Event, Observer};
 /// | `parapet_retry_calls_total` | counter | `name`, `result` | calls through a retry layer: `succeeded_without_retry`, `succeeded_with_retry`, `failed_without_retry`, `failed_with_retry` |
 /// | `parapet_cache_requests_total` | counter | `name`, `result` | cache lookups: `hit`, `miss`, `stale_served`, `coalesced` |
 /// | `parapet_cache_not_stored_total` | counter | `name`, `reason` | responses the cache did not keep, by reason |
+/// | `parapet_backend_up` | gauge | `name` | a shared backend (Redis): 1 after it recovers, 0 when it goes down |
 ///
 /// `name` is the layer's configured name; no label ever holds a key, an IP or a user.
 /// The logging layer adds `parapet_requests_total` and
@@ -315,6 +316,20 @@ impl Observer for MetricsObserver {
                 &self.cache.entries.load(),
                 "parapet_cache_requests_total",
                 &[("name", name), ("result", outcome)],
+            ),
+            Event::BackendPolicyApplied {
+                policy: "fail_closed",
+                ..
+            } => rejected("overloaded"),
+            Event::BackendDown { .. } | Event::BackendRecovered { .. } => self.set(
+                &self.cache.entries.load(),
+                "parapet_backend_up",
+                &[("name", name)],
+                if matches!(event, Event::BackendDown { .. }) {
+                    0.0
+                } else {
+                    1.0
+                },
             ),
             Event::CacheNotStored { reason, .. } => self.count(
                 &self.cache.entries.load(),

@@ -459,6 +459,38 @@ pub enum Event<'a> {
         /// Whether this was only reported (shadow mode).
         shadow: bool,
     },
+    /// A shared backend (Redis) stopped answering: a call failed or ran past its timeout.
+    /// Emitted once per outage, by the backend's observer; the layers using it follow
+    /// their policies until [`Event::BackendRecovered`].
+    BackendDown {
+        /// The backend's name.
+        name: &'a str,
+        /// Which kind of backend (`"redis"`).
+        backend: &'static str,
+        /// The error that began the outage, as text.
+        error: &'a str,
+    },
+    /// A shared backend answers again after an outage.
+    BackendRecovered {
+        /// The backend's name.
+        name: &'a str,
+        /// Which kind of backend (`"redis"`).
+        backend: &'static str,
+        /// How long it was down.
+        down_for: Duration,
+    },
+    /// A layer could not reach its shared backend for one request and followed its
+    /// configured policy (`"fail_open"`, `"fail_closed"` or `"local"`).
+    BackendPolicyApplied {
+        /// The layer that applied it (`"rate_limit"`, `"idempotency"`).
+        layer: &'static str,
+        /// The layer's name.
+        name: &'a str,
+        /// Which kind of backend (`"redis"`).
+        backend: &'static str,
+        /// The policy followed.
+        policy: &'static str,
+    },
     /// The fault-injection layer was switched or retuned through its handle:
     /// `"enabled"`, `"disabled"`, `"shadowed"`, `"rate"`, `"kinds"` or `"latency"`.
     FaultChanged {
@@ -539,6 +571,8 @@ impl Event<'_> {
             | Event::CacheNotStored { .. }
             | Event::CacheInvalidated { .. } => "cache",
             Event::FaultInjected { .. } | Event::FaultChanged { .. } => "fault",
+            Event::BackendDown { .. } | Event::BackendRecovered { .. } => "backend",
+            Event::BackendPolicyApplied { layer, .. } => layer,
         }
     }
 
@@ -584,7 +618,10 @@ impl Event<'_> {
             | Event::CacheNotStored { name, .. }
             | Event::CacheInvalidated { name, .. }
             | Event::FaultInjected { name, .. }
-            | Event::FaultChanged { name, .. } => name,
+            | Event::FaultChanged { name, .. }
+            | Event::BackendDown { name, .. }
+            | Event::BackendRecovered { name, .. }
+            | Event::BackendPolicyApplied { name, .. } => name,
         }
     }
 
@@ -664,6 +701,9 @@ impl Event<'_> {
             Event::FaultInjected { shadow: false, .. } => "fault_injected",
             Event::FaultInjected { shadow: true, .. } => "would_have_injected_fault",
             Event::FaultChanged { .. } => "fault_changed",
+            Event::BackendDown { .. } => "backend_down",
+            Event::BackendRecovered { .. } => "backend_recovered",
+            Event::BackendPolicyApplied { policy, .. } => policy,
         }
     }
 
@@ -720,6 +760,9 @@ impl Event<'_> {
             Event::CacheStaleServed { .. } | Event::CacheInvalidated { .. } => tracing::Level::INFO,
             Event::FaultInjected { .. } => tracing::Level::DEBUG,
             Event::FaultChanged { .. } => tracing::Level::WARN,
+            Event::BackendDown { .. } => tracing::Level::ERROR,
+            Event::BackendRecovered { .. } => tracing::Level::WARN,
+            Event::BackendPolicyApplied { .. } => tracing::Level::DEBUG,
         }
     }
 }
@@ -1120,6 +1163,31 @@ impl Observer for TracingObserver {
             Event::FaultChanged { change, .. } => {
                 emit!(level, event, change, "fault injection changed")
             }
+            Event::BackendDown { backend, error, .. } => emit!(
+                level,
+                event,
+                backend,
+                error,
+                "shared backend unreachable; layers follow their policies"
+            ),
+            Event::BackendRecovered {
+                backend, down_for, ..
+            } => emit!(
+                level,
+                event,
+                backend,
+                after_ms = millis(down_for),
+                "shared backend answers again"
+            ),
+            Event::BackendPolicyApplied {
+                backend, policy, ..
+            } => emit!(
+                level,
+                event,
+                backend,
+                policy,
+                "shared backend unreachable for this request; policy applied"
+            ),
         }
     }
 }
@@ -1383,6 +1451,22 @@ mod tests {
             Event::FaultChanged {
                 name: "n",
                 change: "enabled",
+            },
+            Event::BackendDown {
+                name: "n",
+                backend: "redis",
+                error: "connection refused",
+            },
+            Event::BackendRecovered {
+                name: "n",
+                backend: "redis",
+                down_for: Duration::from_secs(3),
+            },
+            Event::BackendPolicyApplied {
+                layer: "rate_limit",
+                name: "n",
+                backend: "redis",
+                policy: "fail_open",
             },
         ];
         for e in &events {

@@ -93,22 +93,22 @@ pub enum MissingKey {
 
 /// The layer's settings; the state is rebuilt from them when a setter changes them.
 #[derive(Clone)]
-struct Spec {
-    name: Arc<str>,
-    observer: SharedObserver,
-    mode: ModeHandle,
-    quotas: Vec<Quota>,
-    keyed: bool,
+pub(super) struct Spec {
+    pub(super) name: Arc<str>,
+    pub(super) observer: SharedObserver,
+    pub(super) mode: ModeHandle,
+    pub(super) quotas: Vec<Quota>,
+    pub(super) keyed: bool,
     max_keys: usize,
     max_wait: Duration,
-    missing_key: MissingKey,
-    class: Option<&'static str>,
+    pub(super) missing_key: MissingKey,
+    pub(super) class: Option<&'static str>,
     clock: Clock,
 }
 
 /// Everything the services of one layer share.
 pub(super) struct Shared {
-    spec: Spec,
+    pub(super) spec: Spec,
     pub(super) quotas: Quotas,
     /// The slot of an unkeyed limiter, and of keyed requests without a key.
     global: Slot,
@@ -167,6 +167,25 @@ impl Shared {
     }
 
     /// Whether a refused request may wait `wait` (waiting is on and `wait` is within it).
+    /// The in-process decision for one request, without waiting: the distributed
+    /// limiter's `local` policy.
+    #[cfg(feature = "redis")]
+    pub(super) fn decide_local<Key>(&self, key: Option<&Key>, weight: u32, want_info: bool) -> Decision
+    where
+        Key: std::hash::Hash + Eq + Clone + Send + Sync + 'static,
+    {
+        match key.and_then(|k| self.store::<Key>().map(|s| (k, s))) {
+            Some((key, store)) => {
+                let now = self.quotas.now();
+                store.maybe_sweep(now);
+                store
+                    .with_slot(key, now, |slot| self.quotas.decide(slot, weight, want_info))
+                    .0
+            }
+            None => self.quotas.decide(&self.global, weight, want_info),
+        }
+    }
+
     pub(super) fn may_wait(&self, wait: Duration) -> bool {
         wait <= self.spec.max_wait && !self.spec.max_wait.is_zero()
     }
@@ -250,6 +269,22 @@ impl<K> RateLimitLayer<K> {
 }
 
 impl<K, W, H> RateLimitLayer<K, W, H> {
+    /// This limiter's quotas, key, weight and headers, shared by every instance through
+    /// Redis; see [`RedisRateLimitLayer`](super::RedisRateLimitLayer) (feature `redis`).
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn shared(
+        self,
+        backend: crate::redis::RedisBackend,
+    ) -> super::RedisRateLimitLayer<K, W, H> {
+        super::RedisRateLimitLayer::new(self, backend)
+    }
+
+    #[cfg(feature = "redis")]
+    pub(super) fn parts(&self) -> (&K, &W, &H, &Arc<Shared>) {
+        (&self.key, &self.weight, &self.headers, &self.shared)
+    }
+
     fn edit(mut self, f: impl FnOnce(&mut Spec)) -> Self {
         let mut spec = self.shared.spec.clone();
         f(&mut spec);

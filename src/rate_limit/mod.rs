@@ -147,6 +147,8 @@ mod future;
 mod http;
 mod layer;
 mod quota;
+#[cfg(feature = "redis")]
+mod redis;
 mod state;
 
 #[cfg(feature = "http")]
@@ -160,3 +162,6 @@ pub use self::layer::{
     RateLimitLayer, Weight,
 };
 pub use self::quota::Quota;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use self::redis::{RedisRateLimit, RedisRateLimitLayer};

@@ -290,7 +290,7 @@ impl Quotas {
         }
     }
 
-    fn info(&self, quota: usize, remaining: u64, reset: Duration) -> RateLimitInfo {
+    pub(super) fn info(&self, quota: usize, remaining: u64, reset: Duration) -> RateLimitInfo {
         let q = &self.limiters[quota].quota;
         let (count, window) = q.header_window();
         RateLimitInfo {

@@ -1,0 +1,329 @@
+//! Redis-backed state against a real `redis-server` each test starts on a free loopback
+//! port (see `tests/support/redis_server.rs`; skipped with a message when the binary is
+//! missing, mandatory under `.ci/run`).
+//!
+//! ```text
+//! cargo test --all-features --test redis
+//! ```
+//!
+//! These tests run on real time: Redis reads its own clock and answers over a socket.
+//! Quotas are chosen so that no refill can happen during a test (per hour), and waits
+//! are bounded polls of a condition, never sleeps that a result depends on.
+#![cfg(feature = "redis")]
+
+#[path = "support/redis_server.rs"]
+mod redis_server;
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use redis_server::RedisServer;
+use tower::{Layer, Service, ServiceExt, service_fn};
+use tower_parapet::key;
+use tower_parapet::observe::Event;
+use tower_parapet::rate_limit::{Quota, RateLimitLayer};
+use tower_parapet::redis::{FailurePolicy, RedisBackend};
+use tower_parapet::{BoxError, Rejection};
+
+/// Events by outcome, as `layer/outcome` strings.
+#[derive(Clone, Default)]
+struct Seen(Arc<Mutex<Vec<String>>>);
+
+impl Seen {
+    fn observer(&self) -> impl Fn(&Event<'_>) + Send + Sync + 'static {
+        let seen = self.0.clone();
+        move |e: &Event<'_>| {
+            seen.lock()
+                .unwrap()
+                .push(format!("{}/{}", e.layer(), e.outcome()));
+        }
+    }
+
+    fn count(&self, what: &str) -> usize {
+        self.0.lock().unwrap().iter().filter(|e| *e == what).count()
+    }
+}
+
+fn backend(url: &str, seen: &Seen) -> RedisBackend {
+    RedisBackend::builder(url)
+        .timeout(Duration::from_millis(500))
+        .prefix(format!("t{}", redis_server::free_port()))
+        .observer(seen.observer())
+        .build()
+        .unwrap()
+}
+
+/// A service that counts its calls.
+fn counting(
+    calls: Arc<AtomicUsize>,
+) -> impl Service<u32, Response = u32, Error = Infallible, Future: Send> + Clone + Send + 'static {
+    service_fn(move |n: u32| {
+        calls.fetch_add(1, Ordering::SeqCst);
+        async move { Ok::<_, Infallible>(n) }
+    })
+}
+
+fn rejection(err: &BoxError) -> Option<&Rejection> {
+    Rejection::from_box(err)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_one_quota_exactly() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let seen = Seen::default();
+    let prefix = format!("shared{}", server.port());
+    // Two instances: two backends (two connections), one prefix, one limiter name.
+    let make = |calls: Arc<AtomicUsize>| {
+        let backend = RedisBackend::builder(server.url())
+            .prefix(prefix.clone())
+            .timeout(Duration::from_secs(2))
+            .build()
+            .unwrap();
+        RateLimitLayer::new(Quota::per_hour(10))
+            .name("api")
+            .observer(seen.observer())
+            .shared(backend)
+            .on_redis_error(FailurePolicy::FailClosed)
+            .layer(counting(calls))
+    };
+    let (calls_a, calls_b) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (a, b) = (make(calls_a.clone()), make(calls_b.clone()));
+    let mut tasks = Vec::new();
+    for i in 0..60u32 {
+        let svc = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.push(tokio::spawn(async move { svc.oneshot(i).await }));
+    }
+    let mut admitted = 0;
+    let mut limited = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => admitted += 1,
+            Err(e) => {
+                assert!(
+                    matches!(rejection(&e), Some(Rejection::RateLimited { .. })),
+                    "{e}"
+                );
+                limited += 1;
+            }
+        }
+    }
+    assert_eq!(admitted, 10, "the combined count respects the single quota");
+    assert_eq!(limited, 50);
+    assert_eq!(calls_a.load(Ordering::SeqCst) + calls_b.load(Ordering::SeqCst), 10);
+    assert!(calls_a.load(Ordering::SeqCst) > 0 && calls_b.load(Ordering::SeqCst) > 0);
+    assert_eq!(seen.count("rate_limit/rate_limited"), 50);
+    assert_eq!(seen.count("rate_limit/fail_closed"), 0, "Redis answered every check");
+}
+
+#[tokio::test]
+async fn keys_are_separate_and_the_refusal_says_when_to_retry() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let seen = Seen::default();
+    let by_value = key::from_fn(|n: &u32| Ok::<_, key::KeyError>(*n % 2));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut svc = RateLimitLayer::keyed(by_value, Quota::per_minute(2))
+        .name("keyed")
+        .shared(backend(&server.url(), &seen))
+        .layer(counting(calls.clone()));
+    // Key 0: two admitted, the third refused; key 1 unaffected.
+    for n in [0, 2] {
+        svc.ready().await.unwrap().call(n).await.unwrap();
+    }
+    let err = svc.ready().await.unwrap().call(4).await.unwrap_err();
+    let Some(Rejection::RateLimited {
+        retry_after,
+        policy: Some(info),
+        ..
+    }) = rejection(&err)
+    else {
+        panic!("expected a rate limit, got {err}");
+    };
+    // One request every 30 s: the next slot is at most 30 s away (Redis's clock moved a
+    // little since the second admission).
+    assert!(
+        *retry_after <= Duration::from_secs(30) && *retry_after > Duration::from_secs(29),
+        "{retry_after:?}"
+    );
+    assert_eq!(info.quota, 2);
+    assert_eq!(info.window, Duration::from_secs(60));
+    assert_eq!(info.remaining, 0);
+    svc.ready().await.unwrap().call(1).await.unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn several_quotas_are_all_or_nothing() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let seen = Seen::default();
+    let backend = backend(&server.url(), &seen);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let hourly = Quota::per_hour(10).named("hourly");
+    let mut both = RateLimitLayer::new(hourly.clone())
+        .quota(Quota::per_hour(2).named("tight"))
+        .name("multi")
+        .shared(backend.clone())
+        .layer(counting(calls.clone()));
+    let mut admitted = 0;
+    for n in 0..5 {
+        if both.ready().await.unwrap().call(n).await.is_ok() {
+            admitted += 1;
+        }
+    }
+    assert_eq!(admitted, 2, "the tight quota decides");
+    // The refused three charged nothing to the hourly quota: a limiter with the same name
+    // and only the hourly quota (the same Redis key) still has 8.
+    let mut hourly_only = RateLimitLayer::new(hourly)
+        .name("multi")
+        .shared(backend)
+        .layer(counting(calls.clone()));
+    let mut more = 0;
+    for n in 0..12 {
+        if hourly_only.ready().await.unwrap().call(n).await.is_ok() {
+            more += 1;
+        }
+    }
+    assert_eq!(more, 8);
+}
+
+#[tokio::test]
+async fn weights_take_several_units() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let seen = Seen::default();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut svc = RateLimitLayer::new(Quota::per_hour(10))
+        .weight(|n: &u32| *n)
+        .shared(backend(&server.url(), &seen))
+        .layer(counting(calls.clone()));
+    assert!(svc.ready().await.unwrap().call(6).await.is_ok());
+    assert!(svc.ready().await.unwrap().call(5).await.is_err(), "6 + 5 > 10");
+    assert!(svc.ready().await.unwrap().call(4).await.is_ok(), "6 + 4 = 10");
+    assert!(svc.ready().await.unwrap().call(0).await.is_ok(), "weight 0 is free");
+    assert!(svc.ready().await.unwrap().call(1).await.is_err());
+}
+
+/// A Redis that is not there: every policy answers within the backend's timeout.
+#[tokio::test]
+async fn unreachable_redis_follows_each_policy_without_hanging() {
+    let seen = Seen::default();
+    // Nothing listens on this port.
+    let url = format!("redis://127.0.0.1:{}/", redis_server::free_port());
+    let timeout = Duration::from_millis(200);
+    let backend = RedisBackend::builder(url)
+        .timeout(timeout)
+        .observer(seen.observer())
+        .build()
+        .unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let layer = |policy| {
+        RateLimitLayer::new(Quota::per_hour(3))
+            .observer(seen.observer())
+            .shared(backend.clone())
+            .on_redis_error(policy)
+            .layer(counting(calls.clone()))
+    };
+    let started = Instant::now();
+    let mut open = layer(FailurePolicy::FailOpen);
+    for n in 0..5 {
+        open.ready().await.unwrap().call(n).await.unwrap();
+    }
+    let mut closed = layer(FailurePolicy::FailClosed);
+    let err = closed.ready().await.unwrap().call(9).await.unwrap_err();
+    assert!(
+        matches!(
+            rejection(&err),
+            Some(Rejection::Overloaded {
+                retry_after: Some(_),
+                ..
+            })
+        ),
+        "{err}"
+    );
+    let mut local = layer(FailurePolicy::Local);
+    let mut admitted = 0;
+    for n in 0..5 {
+        if local.ready().await.unwrap().call(n).await.is_ok() {
+            admitted += 1;
+        }
+    }
+    assert_eq!(admitted, 3, "the in-process quota decides");
+    // 11 checks, each bounded by the timeout (connection refused is usually immediate).
+    assert!(started.elapsed() < timeout * 11 + Duration::from_secs(1));
+    assert_eq!(seen.count("rate_limit/fail_open"), 5);
+    assert_eq!(seen.count("rate_limit/fail_closed"), 1);
+    assert_eq!(seen.count("rate_limit/local"), 5);
+    assert_eq!(seen.count("backend/backend_down"), 1, "one event per outage");
+    assert!(!backend.is_up());
+    assert!(backend.status().failures_total >= 11);
+}
+
+/// Kill Redis mid-traffic, then start it again on the same port: the policy covers the
+/// outage, and the limiter uses Redis again without being rebuilt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_and_restarted_mid_traffic() {
+    let Some(mut server) = RedisServer::start() else {
+        return;
+    };
+    let seen = Seen::default();
+    let timeout = Duration::from_millis(300);
+    let backend = RedisBackend::builder(server.url())
+        .timeout(timeout)
+        .observer(seen.observer())
+        .build()
+        .unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = RateLimitLayer::new(Quota::per_hour(1000))
+        .observer(seen.observer())
+        .shared(backend.clone())
+        .on_redis_error(FailurePolicy::FailOpen)
+        .layer(counting(calls.clone()));
+    let call = |n: u32| {
+        let svc = svc.clone();
+        async move {
+            let started = Instant::now();
+            let result = svc.oneshot(n).await;
+            let took = started.elapsed();
+            assert!(took < timeout * 2, "a request took {took:?}");
+            result
+        }
+    };
+    for n in 0..20 {
+        call(n).await.unwrap();
+    }
+    assert_eq!(seen.count("rate_limit/fail_open"), 0);
+    server.stop();
+    for n in 0..20 {
+        call(n).await.unwrap();
+    }
+    assert_eq!(seen.count("rate_limit/fail_open"), 20, "each request during the outage");
+    assert_eq!(seen.count("backend/backend_down"), 1);
+    assert!(!backend.is_up());
+    server.restart();
+    // The connection comes back by itself: poll (each attempt bounded) until a check is
+    // answered by Redis again.
+    let mut attempts = 0;
+    while !backend.is_up() {
+        attempts += 1;
+        assert!(attempts < 500, "no recovery after {attempts} attempts");
+        call(attempts).await.unwrap();
+        if !backend.is_up() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    assert_eq!(seen.count("backend/backend_recovered"), 1);
+    let during = seen.count("rate_limit/fail_open");
+    for n in 0..20 {
+        call(n).await.unwrap();
+    }
+    assert_eq!(seen.count("rate_limit/fail_open"), during, "Redis answers again");
+    assert_eq!(calls.load(Ordering::SeqCst) as u32, 60 + attempts);
+}
