@@ -170,7 +170,12 @@ impl Shared {
     /// The in-process decision for one request, without waiting: the distributed
     /// limiter's `local` policy.
     #[cfg(feature = "redis")]
-    pub(super) fn decide_local<Key>(&self, key: Option<&Key>, weight: u32, want_info: bool) -> Decision
+    pub(super) fn decide_local<Key>(
+        &self,
+        key: Option<&Key>,
+        weight: u32,
+        want_info: bool,
+    ) -> Decision
     where
         Key: std::hash::Hash + Eq + Clone + Send + Sync + 'static,
     {

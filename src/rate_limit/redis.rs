@@ -11,9 +11,9 @@ use sha2::{Digest, Sha256};
 use tower_layer::Layer;
 use tower_service::Service;
 
+use super::MissingKey;
 use super::layer::{OnAdmitted, RateLimitLayer, Shared, Weight};
 use super::state::Decision;
-use super::MissingKey;
 use crate::error::{BoxError, RateLimitInfo, Rejection};
 use crate::key::{Global, KeyExtractor};
 use crate::mode::Mode;
@@ -280,8 +280,9 @@ where
                         });
                         match remote.policy {
                             FailurePolicy::FailClosed if mode == Mode::Enforce => {
-                                return Err(Rejection::overloaded(Some(Duration::from_secs(1)))
-                                    .boxed());
+                                return Err(
+                                    Rejection::overloaded(Some(Duration::from_secs(1))).boxed()
+                                );
                             }
                             FailurePolicy::Local => {
                                 match shared.decide_local(key.as_ref(), weight, want_info) {
@@ -377,9 +378,7 @@ async fn check<Key: fmt::Debug>(
     let micros = Duration::from_micros(u64::try_from(micros).unwrap_or(0));
     let remaining = u64::try_from(remaining).unwrap_or(0);
     Ok(if admitted == 1 {
-        Verdict::Admitted(
-            want_info.then(|| Box::new(shared.quotas.info(quota, remaining, micros))),
-        )
+        Verdict::Admitted(want_info.then(|| Box::new(shared.quotas.info(quota, remaining, micros))))
     } else {
         Verdict::Refused {
             quota,

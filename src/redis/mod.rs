@@ -42,8 +42,8 @@ mod backend;
 // mod flags;
 // mod idempotency;
 
-pub use crate::rate_limit::RedisRateLimitLayer;
 pub use crate::rate_limit::RedisRateLimit;
+pub use crate::rate_limit::RedisRateLimitLayer;
 pub use backend::{BackendError, BackendStatus, RedisBackend, RedisBackendBuilder, SetupError};
 
 pub(crate) use backend::Arg;
