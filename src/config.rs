@@ -147,3 +147,30 @@ pub mod duration {
         }
     }
 }
+
+/// What a layer does for a request when its shared store (Redis, or an idempotency store
+/// of your own) cannot answer in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum FailurePolicy {
+    /// Let the request through unchecked.
+    FailOpen,
+    /// Refuse it with [`Rejection::Overloaded`](crate::Rejection::Overloaded): 503 with
+    /// `Retry-After: 1` over HTTP, `UNAVAILABLE` over gRPC; safe for the client to retry.
+    FailClosed,
+    /// Decide in process with the same configuration, as if each instance were alone
+    /// (rate limits only; the idempotency layer treats it as `FailClosed`).
+    Local,
+}
+
+impl FailurePolicy {
+    /// `"fail_open"`, `"fail_closed"` or `"local"`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            FailurePolicy::FailOpen => "fail_open",
+            FailurePolicy::FailClosed => "fail_closed",
+            FailurePolicy::Local => "local",
+        }
+    }
+}

@@ -362,3 +362,298 @@ async fn redis_killed_and_restarted_mid_traffic() {
     );
     assert_eq!(calls.load(Ordering::SeqCst) as u32, 60 + attempts);
 }
+
+// ---------------------------------------------------------------------------------------
+// Idempotency records shared through Redis.
+
+mod idempotency {
+    use super::*;
+    use bytes::Bytes;
+    use http::{Request, Response, StatusCode};
+    use http_body_util::{BodyExt, Full};
+    use tokio::sync::{Notify, watch};
+    use tower_parapet::idempotency::{Conflict, IdempotencyLayer};
+    use tower_parapet::redis::RedisIdempotencyStore;
+
+    type Body = Full<Bytes>;
+
+    /// A payment handler held at a gate: counts its calls, tells `entered` when one
+    /// starts, and answers only once the gate is open.
+    #[derive(Clone)]
+    struct Gated {
+        calls: Arc<AtomicUsize>,
+        entered: Arc<Notify>,
+        gate: watch::Receiver<bool>,
+    }
+
+    impl Gated {
+        fn new() -> (Gated, watch::Sender<bool>) {
+            let (open, gate) = watch::channel(false);
+            let gated = Gated {
+                calls: Arc::new(AtomicUsize::new(0)),
+                entered: Arc::new(Notify::new()),
+                gate,
+            };
+            (gated, open)
+        }
+
+        fn service(
+            &self,
+        ) -> impl Service<
+            Request<Body>,
+            Response = Response<Body>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + 'static {
+            let this = self.clone();
+            service_fn(move |req: Request<Body>| {
+                let this = this.clone();
+                async move {
+                    let n = this.calls.fetch_add(1, Ordering::SeqCst) + 1;
+                    this.entered.notify_one();
+                    let mut gate = this.gate.clone();
+                    let _ = gate.wait_for(|open| *open).await;
+                    let sent = req.into_body().collect().await.unwrap().to_bytes();
+                    Ok::<_, Infallible>(
+                        Response::builder()
+                            .status(StatusCode::CREATED)
+                            .header("x-charge-id", n.to_string())
+                            .body(Body::from(format!(
+                                "charge {n}: {}",
+                                String::from_utf8_lossy(&sent)
+                            )))
+                            .unwrap(),
+                    )
+                }
+            })
+        }
+    }
+
+    fn pay(key: &str) -> Request<Body> {
+        Request::post("/pay")
+            .header("idempotency-key", key)
+            .body(Body::from("amount=10"))
+            .unwrap()
+    }
+
+    fn store(url: &str, prefix: &str) -> RedisIdempotencyStore {
+        let backend = RedisBackend::builder(url)
+            .prefix(prefix.to_owned())
+            .timeout(Duration::from_secs(2))
+            .build()
+            .unwrap();
+        RedisIdempotencyStore::new(backend).poll_interval(Duration::from_millis(5))
+    }
+
+    async fn text(
+        res: Response<impl http_body::Body<Data = Bytes, Error: std::fmt::Debug>>,
+    ) -> String {
+        String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+    }
+
+    /// Twenty concurrent duplicates spread over two instances: the handler runs once,
+    /// the other nineteen are told it is in flight, and afterwards both instances replay
+    /// the one stored answer.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_instances_run_concurrent_duplicates_once() {
+        let Some(server) = RedisServer::start() else {
+            return;
+        };
+        let prefix = format!("idem{}", server.port());
+        let (gated, open) = Gated::new();
+        let a = IdempotencyLayer::new()
+            .store(store(&server.url(), &prefix))
+            .layer(gated.service());
+        let b = IdempotencyLayer::new()
+            .store(store(&server.url(), &prefix))
+            .layer(gated.service());
+        let (done, mut results) = tokio::sync::mpsc::unbounded_channel();
+        for i in 0..20 {
+            let svc = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let done = done.clone();
+            tokio::spawn(async move {
+                let _ = done.send(svc.oneshot(pay("order-1")).await);
+            });
+        }
+        // One of them runs and waits at the gate; the other nineteen answer without it (a
+        // second runner would wait at the gate too, and the deadline below would fail).
+        let deadline = Duration::from_secs(10);
+        for _ in 0..19 {
+            let answer = tokio::time::timeout(deadline, results.recv())
+                .await
+                .expect("nineteen duplicates answer while the first runs")
+                .unwrap();
+            let err = answer.unwrap_err();
+            assert!(
+                matches!(
+                    Rejection::from_box(&err),
+                    Some(Rejection::IdempotencyInFlight { .. })
+                ),
+                "{err}"
+            );
+        }
+        assert_eq!(gated.calls.load(Ordering::SeqCst), 1);
+        assert!(
+            results.try_recv().is_err(),
+            "the runner is still at the gate"
+        );
+        open.send_replace(true);
+        let res = results.recv().await.unwrap().unwrap();
+        assert_eq!(res.status(), StatusCode::CREATED);
+        assert_eq!(text(res).await, "charge 1: amount=10");
+        for svc in [a, b] {
+            let res = svc.oneshot(pay("order-1")).await.unwrap();
+            assert_eq!(res.status(), StatusCode::CREATED);
+            assert_eq!(res.headers()["idempotent-replayed"], "true");
+            assert_eq!(res.headers()["x-charge-id"], "1");
+            assert_eq!(text(res).await, "charge 1: amount=10");
+        }
+        assert_eq!(
+            gated.calls.load(Ordering::SeqCst),
+            1,
+            "the inner service ran once"
+        );
+    }
+
+    /// A duplicate on the other instance waits for the first and replays its answer.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_waiting_duplicate_on_another_instance_replays() {
+        let Some(server) = RedisServer::start() else {
+            return;
+        };
+        let prefix = format!("idem{}", server.port());
+        let (gated, open) = Gated::new();
+        let layer = |store| {
+            IdempotencyLayer::new()
+                .store(store)
+                .conflict(Conflict::Wait(Duration::from_secs(10)))
+                .layer(gated.service())
+        };
+        let a = layer(store(&server.url(), &prefix));
+        let b = layer(store(&server.url(), &prefix));
+        let first = tokio::spawn(a.oneshot(pay("order-2")));
+        gated.entered.notified().await;
+        let second = tokio::spawn(b.oneshot(pay("order-2")));
+        assert!(!second.is_finished());
+        open.send_replace(true);
+        let (first, second) = (
+            first.await.unwrap().unwrap(),
+            second.await.unwrap().unwrap(),
+        );
+        assert_eq!(first.headers()["x-charge-id"], "1");
+        assert_eq!(second.headers()["x-charge-id"], "1");
+        assert_eq!(second.headers()["idempotent-replayed"], "true");
+        assert_eq!(text(second).await, "charge 1: amount=10");
+        assert_eq!(gated.calls.load(Ordering::SeqCst), 1);
+    }
+
+    /// A handler slower than the lease keeps its claim: the store renews it. (Real time
+    /// passes here on purpose: the lease is a Redis expiry on Redis's clock.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_lease_is_renewed_while_the_handler_runs() {
+        let Some(server) = RedisServer::start() else {
+            return;
+        };
+        let prefix = format!("idem{}", server.port());
+        let (gated, open) = Gated::new();
+        let lease = Duration::from_millis(150);
+        let redis_store = store(&server.url(), &prefix);
+        let layer = |store| {
+            IdempotencyLayer::new()
+                .store(store)
+                .lease(lease)
+                .layer(gated.service())
+        };
+        let a = layer(redis_store.clone());
+        let b = layer(store(&server.url(), &prefix));
+        let first = tokio::spawn(a.oneshot(pay("order-3")));
+        gated.entered.notified().await;
+        assert_eq!(redis_store.renewing(), 1);
+        // Four leases long: without renewal the key would be free by now.
+        tokio::time::sleep(lease * 4).await;
+        let err = b.clone().oneshot(pay("order-3")).await.unwrap_err();
+        assert!(
+            matches!(
+                Rejection::from_box(&err),
+                Some(Rejection::IdempotencyInFlight { .. })
+            ),
+            "{err}"
+        );
+        open.send_replace(true);
+        first.await.unwrap().unwrap();
+        assert_eq!(redis_store.renewing(), 0, "renewal stops with the request");
+        let res = b.oneshot(pay("order-3")).await.unwrap();
+        assert_eq!(res.headers()["idempotent-replayed"], "true");
+        assert_eq!(gated.calls.load(Ordering::SeqCst), 1);
+    }
+
+    /// A request dropped mid-flight frees its key for a retry on any instance.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dropped_request_frees_the_key() {
+        let Some(server) = RedisServer::start() else {
+            return;
+        };
+        let prefix = format!("idem{}", server.port());
+        let (gated, open) = Gated::new();
+        let redis_store = store(&server.url(), &prefix);
+        let a = IdempotencyLayer::new()
+            .store(redis_store.clone())
+            .layer(gated.service());
+        let b = IdempotencyLayer::new()
+            .store(store(&server.url(), &prefix))
+            .conflict(Conflict::Wait(Duration::from_secs(10)))
+            .layer(gated.service());
+        let first = tokio::spawn(a.oneshot(pay("order-4")));
+        gated.entered.notified().await;
+        first.abort();
+        assert!(first.await.unwrap_err().is_cancelled());
+        open.send_replace(true);
+        // The release runs on a spawned task: the waiting retry sees the key freed.
+        let res = b.oneshot(pay("order-4")).await.unwrap();
+        assert_eq!(res.status(), StatusCode::CREATED);
+        assert_eq!(res.headers()["x-charge-id"], "2");
+        assert_eq!(redis_store.renewing(), 0);
+    }
+
+    /// Redis unreachable: fail closed answers 503 at once (nothing ran), fail open runs the
+    /// handler unguarded; both emit the policy event.
+    #[tokio::test]
+    async fn unreachable_redis_follows_the_store_policy() {
+        let seen = Seen::default();
+        let url = format!("redis://127.0.0.1:{}/", redis_server::free_port());
+        let backend = RedisBackend::builder(url)
+            .timeout(Duration::from_millis(200))
+            .build()
+            .unwrap();
+        let (gated, open) = Gated::new();
+        open.send_replace(true);
+        let closed = IdempotencyLayer::new()
+            .store(RedisIdempotencyStore::new(backend.clone()))
+            .observer(seen.observer())
+            .layer(gated.service());
+        let err = closed.oneshot(pay("order-5")).await.unwrap_err();
+        assert!(
+            matches!(
+                Rejection::from_box(&err),
+                Some(Rejection::Overloaded {
+                    retry_after: Some(_),
+                    ..
+                })
+            ),
+            "{err}"
+        );
+        assert_eq!(gated.calls.load(Ordering::SeqCst), 0);
+        let open_layer = IdempotencyLayer::new()
+            .store(RedisIdempotencyStore::new(backend))
+            .on_store_error(FailurePolicy::FailOpen)
+            .observer(seen.observer())
+            .layer(gated.service());
+        let res = open_layer.oneshot(pay("order-5")).await.unwrap();
+        assert_eq!(res.status(), StatusCode::CREATED);
+        assert_eq!(gated.calls.load(Ordering::SeqCst), 1);
+        assert_eq!(seen.count("idempotency/fail_closed"), 1);
+        assert_eq!(seen.count("idempotency/fail_open"), 1);
+    }
+}

@@ -7,6 +7,7 @@ use http::{HeaderName, Method};
 use super::key::IdempotencyKeyHeader;
 use super::layer::{Conflict, IdempotencyLayer};
 use super::store::MemoryStore;
+use crate::config::FailurePolicy;
 use crate::error::ConfigError;
 use crate::mode::Mode;
 
@@ -59,6 +60,8 @@ pub struct IdempotencyConfig {
     pub max_bytes: u64,
     /// Claims in flight at most; more are refused with 503 (default 10 000).
     pub max_in_flight: usize,
+    /// What to do when the store fails: `fail_closed` (default, 503) or `fail_open`.
+    pub on_store_error: FailurePolicy,
     /// Enforce, shadow or off (default enforce).
     pub mode: Mode,
 }
@@ -80,6 +83,7 @@ impl Default for IdempotencyConfig {
             max_records: 100_000,
             max_bytes: 256 << 20,
             max_in_flight: 10_000,
+            on_store_error: FailurePolicy::FailClosed,
             mode: Mode::Enforce,
         }
     }
@@ -152,6 +156,7 @@ impl IdempotencyConfig {
             .max_response_bytes(self.max_response_bytes)
             .fingerprint_headers(fingerprint_headers)
             .store(store)
+            .on_store_error(self.on_store_error)
             .mode(self.mode))
     }
 }

@@ -22,6 +22,7 @@ use super::store::{
     StoredResponse,
 };
 use crate::clock::Clock;
+use crate::config::FailurePolicy;
 use crate::error::{BoxError, Rejection};
 use crate::http::BufferedBody;
 use crate::http::buffered::{Read, read_capped};
@@ -57,6 +58,7 @@ pub(super) struct Settings {
     pub(super) fingerprint_headers: Vec<HeaderName>,
     pub(super) store_if: Option<StorePredicate>,
     pub(super) store: Arc<dyn IdempotencyStore>,
+    pub(super) on_store_error: FailurePolicy,
     pub(super) observer: SharedObserver,
     pub(super) mode: ModeHandle,
     pub(super) clock: Clock,
@@ -76,6 +78,7 @@ impl Clone for Settings {
             fingerprint_headers: self.fingerprint_headers.clone(),
             store_if: self.store_if.clone(),
             store: self.store.clone(),
+            on_store_error: self.on_store_error,
             observer: self.observer.clone(),
             mode: self.mode.clone(),
             clock: self.clock.clone(),
@@ -165,6 +168,7 @@ impl IdempotencyLayer {
                 fingerprint_headers: Vec::new(),
                 store_if: None,
                 store: Arc::new(MemoryStore::default()),
+                on_store_error: FailurePolicy::FailClosed,
                 observer: SharedObserver::default(),
                 mode: ModeHandle::default(),
                 clock: Clock::tokio(),
@@ -304,6 +308,19 @@ impl<K, P, M> IdempotencyLayer<K, P, M> {
     #[must_use]
     pub fn store(mut self, store: impl IdempotencyStore) -> Self {
         self.settings().store = Arc::new(store);
+        self
+    }
+
+    /// What to do with a request when the store fails or does not answer (a shared store
+    /// such as [`RedisIdempotencyStore`](crate::redis::RedisIdempotencyStore) that is
+    /// down): [`FailurePolicy::FailClosed`] (the default) refuses it with
+    /// [`Rejection::Overloaded`] (503 + `Retry-After: 1`, safe to retry: nothing ran);
+    /// [`FailurePolicy::FailOpen`] runs it without deduplication. `Local` is `FailClosed`
+    /// here: another instance may hold the key. Each such request emits
+    /// [`Event::BackendPolicyApplied`].
+    #[must_use]
+    pub fn on_store_error(mut self, policy: FailurePolicy) -> Self {
+        self.settings().on_store_error = policy;
         self
     }
 
@@ -505,6 +522,8 @@ pub(super) enum Phase {
     Replay(Arc<Record>),
     /// Refuse (or, in shadow mode, report and run).
     Refuse(Rejection),
+    /// The store failed and the policy is to fail open: run without a claim.
+    Unguarded,
 }
 
 type Answer<RB> = Result<Response<BufferedBody<RB>>, BoxError>;
@@ -553,6 +572,7 @@ impl Run {
                 Self::plain(inner, req).await
             }
             Phase::Refuse(refusal) => self.reject(refusal),
+            Phase::Unguarded => Self::plain(inner, req).await,
         }
     }
 
@@ -565,7 +585,25 @@ impl Run {
         };
         let mut waited = false;
         loop {
-            let refusal = match s.store.claim(&self.record, fingerprint, s.lease).await? {
+            let claim = match s.store.claim(&self.record, fingerprint, s.lease).await {
+                Ok(claim) => claim,
+                Err(_) => {
+                    s.observer.emit(&Event::BackendPolicyApplied {
+                        layer: "idempotency",
+                        name: &s.name,
+                        backend: "store",
+                        policy: match s.on_store_error {
+                            FailurePolicy::FailOpen => FailurePolicy::FailOpen.as_str(),
+                            _ => FailurePolicy::FailClosed.as_str(),
+                        },
+                    });
+                    return Ok(match s.on_store_error {
+                        FailurePolicy::FailOpen => Phase::Unguarded,
+                        _ => Phase::Refuse(Rejection::overloaded(Some(Duration::from_secs(1)))),
+                    });
+                }
+            };
+            let refusal = match claim {
                 Claim::Acquired(token) => return Ok(Phase::Run(token)),
                 Claim::Done {
                     same_request: true,

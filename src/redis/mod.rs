@@ -40,36 +40,12 @@
 
 mod backend;
 // mod flags;
-// mod idempotency;
+mod idempotency;
 
 pub use crate::rate_limit::RedisRateLimit;
 pub use crate::rate_limit::RedisRateLimitLayer;
 pub use backend::{BackendError, BackendStatus, RedisBackend, RedisBackendBuilder, SetupError};
+pub use idempotency::RedisIdempotencyStore;
 
+pub use crate::config::FailurePolicy;
 pub(crate) use backend::Arg;
-
-/// What a layer does for a request when Redis cannot answer within the backend's timeout.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum FailurePolicy {
-    /// Let the request through unchecked.
-    FailOpen,
-    /// Refuse it with [`Rejection::Overloaded`](crate::Rejection::Overloaded): 503 with
-    /// `Retry-After: 1` over HTTP, `UNAVAILABLE` over gRPC; safe for the client to retry.
-    FailClosed,
-    /// Decide in process with the same configuration, as if each instance were alone
-    /// (rate limits only; the idempotency store treats it as `FailClosed`).
-    Local,
-}
-
-impl FailurePolicy {
-    /// `"fail_open"`, `"fail_closed"` or `"local"`.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            FailurePolicy::FailOpen => "fail_open",
-            FailurePolicy::FailClosed => "fail_closed",
-            FailurePolicy::Local => "local",
-        }
-    }
-}
