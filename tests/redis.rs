@@ -657,3 +657,197 @@ mod idempotency {
         assert_eq!(seen.count("idempotency/fail_open"), 1);
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Flags propagated through Redis.
+
+mod flags {
+    use super::*;
+    use tokio::sync::mpsc;
+    use tower_parapet::flags::{EvalContext, FlagDef, FlagStore};
+    use tower_parapet::redis::RedisFlagSource;
+
+    /// A store whose flag events arrive on a channel, as `outcome:flag-or-source`.
+    fn store(name: &str) -> (FlagStore, mpsc::UnboundedReceiver<String>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let store = FlagStore::with_observer(name.to_owned(), move |e: &Event<'_>| {
+            let what = match e {
+                Event::FlagChanged { flag, .. } => format!("changed:{flag}"),
+                Event::FlagSourceFailed { .. } => "source_failed".to_owned(),
+                Event::FlagSourceReloaded { flags, .. } => format!("reloaded:{flags}"),
+                _ => return,
+            };
+            let _ = tx.send(what);
+        });
+        (store, rx)
+    }
+
+    fn source(url: &str, prefix: &str) -> RedisFlagSource {
+        let backend = RedisBackend::builder(url)
+            .prefix(prefix.to_owned())
+            .timeout(Duration::from_millis(500))
+            .build()
+            .unwrap();
+        RedisFlagSource::new(backend)
+    }
+
+    /// Wait (at most `within`) for an event that `matches`.
+    async fn until(
+        rx: &mut mpsc::UnboundedReceiver<String>,
+        within: Duration,
+        matches: impl Fn(&str) -> bool,
+    ) -> Duration {
+        let started = Instant::now();
+        tokio::time::timeout(within, async {
+            while let Some(e) = rx.recv().await {
+                if matches(&e) {
+                    return;
+                }
+            }
+            panic!("the store's observer went away");
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no matching event within {within:?}"));
+        started.elapsed()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_kill_switch_flipped_on_one_instance_reaches_the_other_within_a_second() {
+        let Some(server) = RedisServer::start() else {
+            return;
+        };
+        let prefix = format!("flags{}", server.port());
+        let (store_a, mut events_a) = store("a");
+        let (store_b, mut events_b) = store("b");
+        let (source_a, source_b) = (
+            source(&server.url(), &prefix),
+            source(&server.url(), &prefix),
+        );
+        let _watch_a = source_a.clone().watch(store_a.clone());
+        let _watch_b = source_b.watch(store_b.clone());
+        // Both subscribed and loaded (an empty hash).
+        until(&mut events_a, Duration::from_secs(5), |e| e == "reloaded:0").await;
+        until(&mut events_b, Duration::from_secs(5), |e| e == "reloaded:0").await;
+
+        source_a.put("checkout", &FlagDef::default()).await.unwrap();
+        until(&mut events_b, Duration::from_secs(1), |e| {
+            e == "changed:checkout"
+        })
+        .await;
+        let ctx = EvalContext::new();
+        assert!(store_b.is_enabled("checkout", &ctx));
+
+        source_a.kill("checkout").await.unwrap();
+        let took = until(&mut events_b, Duration::from_secs(1), |e| {
+            e == "changed:checkout"
+        })
+        .await;
+        assert!(took < Duration::from_secs(1));
+        assert!(
+            !store_b.is_enabled("checkout", &ctx),
+            "killed on the other instance"
+        );
+        until(&mut events_a, Duration::from_secs(1), |e| {
+            e == "changed:checkout"
+        })
+        .await;
+        assert!(
+            !store_a.is_enabled("checkout", &ctx),
+            "and on the one that flipped it"
+        );
+
+        source_a.set_percentage("checkout", 0).await.unwrap();
+        source_a.enable("checkout").await.unwrap();
+        assert!(source_a.remove("checkout").await.unwrap());
+        until(&mut events_b, Duration::from_secs(1), |e| e == "reloaded:0").await;
+        assert!(store_b.get("checkout").is_none(), "removed everywhere");
+        assert!(matches!(
+            source_a.kill("missing").await,
+            Err(tower_parapet::redis::RedisFlagError::NotFound(_))
+        ));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replicas_keep_the_last_flags_while_redis_is_away_and_follow_again_after() {
+        let Some(mut server) = RedisServer::start() else {
+            return;
+        };
+        let prefix = format!("flags{}", server.port());
+        let (store_b, mut events_b) = store("b");
+        let writer = source(&server.url(), &prefix);
+        writer.put("search", &FlagDef::default()).await.unwrap();
+        let _watch = source(&server.url(), &prefix)
+            .resync(Duration::from_millis(50))
+            .watch(store_b.clone());
+        until(&mut events_b, Duration::from_secs(5), |e| e == "reloaded:1").await;
+        let ctx = EvalContext::new();
+        assert!(store_b.is_enabled("search", &ctx));
+
+        server.stop();
+        until(&mut events_b, Duration::from_secs(5), |e| {
+            e == "source_failed"
+        })
+        .await;
+        assert!(store_b.is_enabled("search", &ctx), "the last flags stay");
+        assert!(
+            writer.kill("search").await.is_err(),
+            "Redis is away: a typed error"
+        );
+
+        // Redis returns (empty: this test server keeps nothing on disk); a change made
+        // through any instance reaches the replica again without restarting it.
+        server.restart();
+        let mut off = FlagDef::default();
+        off.enabled = false;
+        let mut attempts = 0;
+        while writer.put("search", &off).await.is_err() {
+            attempts += 1;
+            assert!(attempts < 200, "the writer never reconnected");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        until(&mut events_b, Duration::from_secs(10), |e| {
+            e == "changed:search"
+        })
+        .await;
+        assert!(!store_b.is_enabled("search", &ctx));
+    }
+
+    #[tokio::test]
+    async fn an_invalid_flag_in_redis_is_refused_as_a_whole() {
+        let Some(server) = RedisServer::start() else {
+            return;
+        };
+        let prefix = format!("flags{}", server.port());
+        let source = source(&server.url(), &prefix);
+        let (store, _events) = store("c");
+        source.put("good", &FlagDef::default()).await.unwrap();
+        assert_eq!(source.load(&store).await.unwrap(), 1);
+        // Someone writes garbage next to it by hand.
+        let client = redis::Client::open(server.url()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let _: () = redis::cmd("HSET")
+            .arg(format!("{prefix}:flags:default"))
+            .arg("bad")
+            .arg("{not json")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let mut killed = FlagDef::default();
+        killed.enabled = false;
+        source.put("good", &killed).await.unwrap();
+        assert!(matches!(
+            source.load(&store).await,
+            Err(tower_parapet::redis::RedisFlagError::Parse { .. })
+        ));
+        assert!(
+            store.is_enabled("good", &EvalContext::new()),
+            "nothing from the refused load was applied"
+        );
+        let mut bad = FlagDef::default();
+        bad.default_variant = "nope".into();
+        assert!(matches!(
+            source.put("x", &bad).await,
+            Err(tower_parapet::redis::RedisFlagError::Invalid(_))
+        ));
+    }
+}

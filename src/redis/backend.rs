@@ -250,10 +250,6 @@ impl RedisBackend {
         &self.inner.client
     }
 
-    pub(crate) fn observer(&self) -> &SharedObserver {
-        &self.inner.observer
-    }
-
     /// Run `op` on the shared connection within the timeout, and keep the up/down state.
     pub(crate) async fn run<T, F, Fut>(&self, op: F) -> Result<T, BackendError>
     where

@@ -39,12 +39,13 @@
 //! mandatory (`PARAPET_REQUIRE_REDIS=1`).
 
 mod backend;
-// mod flags;
+mod flags;
 mod idempotency;
 
 pub use crate::rate_limit::RedisRateLimit;
 pub use crate::rate_limit::RedisRateLimitLayer;
 pub use backend::{BackendError, BackendStatus, RedisBackend, RedisBackendBuilder, SetupError};
+pub use flags::{RedisFlagError, RedisFlagSource};
 pub use idempotency::RedisIdempotencyStore;
 
 pub use crate::config::FailurePolicy;
