@@ -46,6 +46,8 @@ struct Inner {
     modes: BTreeMap<String, ModeHandle>,
     checks: BTreeMap<String, Check>,
     flags: Option<FlagStore>,
+    #[cfg(feature = "redis")]
+    backends: BTreeMap<String, (crate::redis::RedisBackend, bool)>,
     half_open_fails: bool,
 }
 
@@ -110,7 +112,7 @@ pub struct LimiterHealth {
 pub struct HealthSnapshot {
     /// Whether the service should receive traffic.
     pub ready: bool,
-    /// What makes it not ready: `breaker:<name>` and `check:<name>`.
+    /// What makes it not ready: `breaker:<name>`, `check:<name>` and `backend:<name>`.
     pub failing: Vec<String>,
     /// Every breaker.
     pub breakers: Vec<BreakerHealth>,
@@ -122,6 +124,26 @@ pub struct HealthSnapshot {
     pub checks: BTreeMap<String, bool>,
     /// The registered flag store's flags, by name.
     pub flags: BTreeMap<String, FlagDef>,
+    /// Every registered shared backend (Redis, feature `redis`): whether it answers.
+    pub backends: Vec<BackendHealth>,
+}
+
+/// One shared backend (Redis) in a [`HealthSnapshot`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct BackendHealth {
+    /// The name it was registered under.
+    pub name: String,
+    /// Whether it decides readiness.
+    pub critical: bool,
+    /// Whether its last call succeeded.
+    pub up: bool,
+    /// Calls failed in a row.
+    pub consecutive_failures: u64,
+    /// Calls failed since it was built.
+    pub failures_total: u64,
+    /// The last error, as text.
+    pub last_error: Option<String>,
 }
 
 impl HealthRegistry {
@@ -180,6 +202,19 @@ impl HealthRegistry {
         self
     }
 
+    /// A shared Redis backend, shown in snapshots. `critical`: while it is down the
+    /// service is not ready (`backend:<name>` in `failing`). Most deployments leave it
+    /// non-critical: the layers' failure policies keep the service answering while Redis
+    /// is away, and a replica marked unready for it would take no traffic to do so.
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn redis(&self, backend: &crate::redis::RedisBackend, critical: bool) -> &Self {
+        self.write()
+            .backends
+            .insert(backend.name().to_owned(), (backend.clone(), critical));
+        self
+    }
+
     /// A check of your own (a connection pool that has connections, a cache that is
     /// warm): while it returns `false`, the service is not ready. It runs on every
     /// snapshot: keep it quick and never block.
@@ -205,6 +240,8 @@ impl HealthRegistry {
     pub fn snapshot(&self) -> HealthSnapshot {
         // Clone what is registered, then read it without holding the lock: a check or a
         // breaker's transition may take its time.
+        #[cfg(feature = "redis")]
+        let backends = self.read().backends.clone();
         let (breakers, limiters, modes, checks, flags, half_open_fails) = {
             let inner = self.read();
             (
@@ -250,7 +287,28 @@ impl HealthRegistry {
                 (name, ok)
             })
             .collect();
+        #[cfg(not(feature = "redis"))]
+        let backends = Vec::new();
+        #[cfg(feature = "redis")]
+        let backends: Vec<BackendHealth> = backends
+            .into_iter()
+            .map(|(name, (backend, critical))| {
+                let status = backend.status();
+                if critical && !status.up {
+                    failing.push(format!("backend:{name}"));
+                }
+                BackendHealth {
+                    name,
+                    critical,
+                    up: status.up,
+                    consecutive_failures: status.consecutive_failures,
+                    failures_total: status.failures_total,
+                    last_error: status.last_error,
+                }
+            })
+            .collect();
         HealthSnapshot {
+            backends,
             ready: failing.is_empty(),
             failing,
             breakers,

@@ -849,3 +849,44 @@ mod flags {
         ));
     }
 }
+
+/// The backend's state shows in health; marked critical, a down Redis makes the service
+/// unready, and a recovered one ready again.
+#[tokio::test]
+async fn health_shows_the_backend_and_recovers_with_it() {
+    let Some(mut server) = RedisServer::start() else {
+        return;
+    };
+    let seen = Seen::default();
+    let backend = backend(&server.url(), &seen);
+    let registry = tower_parapet::health::HealthRegistry::new();
+    registry.redis(&backend, true);
+    let mut svc = RateLimitLayer::new(Quota::per_hour(100))
+        .shared(backend.clone())
+        .on_redis_error(FailurePolicy::FailOpen)
+        .layer(counting(Arc::new(AtomicUsize::new(0))));
+    svc.ready().await.unwrap().call(1).await.unwrap();
+    let snapshot = registry.snapshot();
+    assert!(snapshot.ready);
+    assert!(snapshot.backends[0].up);
+
+    server.stop();
+    svc.ready().await.unwrap().call(2).await.unwrap();
+    let snapshot = registry.snapshot();
+    assert!(!snapshot.ready);
+    assert_eq!(snapshot.failing, ["backend:redis"]);
+    assert!(!snapshot.backends[0].up);
+    assert!(snapshot.backends[0].last_error.is_some());
+
+    server.restart();
+    let mut attempts = 0;
+    while !registry.snapshot().ready {
+        attempts += 1;
+        assert!(attempts < 500, "no recovery");
+        svc.ready().await.unwrap().call(3).await.unwrap();
+        if !backend.is_up() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    assert_eq!(registry.snapshot().backends[0].consecutive_failures, 0);
+}
