@@ -24,6 +24,7 @@
 //! | health | should this instance get traffic? (registry, snapshot, `/livez`, `/readyz`) | [`health`] |
 //! | fault injection | what happens if this dependency fails? (errors, HTTP statuses, latency, hangs, aborts at seeded rates; off by default, switched at runtime; targeted by predicate or share of keys) | [`fault`] ([`FaultLayer`]) |
 //! | admin router | who flips the switch, and who did? (flags, breakers, modes, behind a token) | [`http::admin`] (feature `axum`) |
+//! | shared state | what about several replicas? (rate limits, idempotency records and flags shared through Redis; fail open, fail closed or local when Redis is away) | [`redis`] (feature `redis`) |
 //!
 //! Hedging builds on the same shared core and arrives as its own module.
 //!
@@ -119,6 +120,7 @@
 //! | `tonic` | | `From<Rejection> for tonic::Status`, [`grpc::status_from_error`] |
 //! | `test-util` | | [`clock::ManualClock`] to test configurations |
 //! | `metrics` | | metrics through the `metrics` facade (see [Metrics](#metrics)) |
+//! | `redis` | | [`redis`]: distributed rate limits, a Redis idempotency store, flags propagated by pub/sub (adds the `redis` client; implies `http`) |
 //! | `full` | | all of the above |
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
