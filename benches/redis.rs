@@ -92,7 +92,7 @@ fn benches(c: &mut Criterion) {
     let handler = service_fn(|_: Request<Full<Bytes>>| async {
         Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
     });
-    let memory = IdempotencyLayer::new().observer(()).layer(handler.clone());
+    let memory = IdempotencyLayer::new().observer(()).layer(handler);
     let redis_store = IdempotencyLayer::new()
         .observer(())
         .store(RedisIdempotencyStore::new(backend))

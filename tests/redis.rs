@@ -795,8 +795,10 @@ mod flags {
         // Redis returns (empty: this test server keeps nothing on disk); a change made
         // through any instance reaches the replica again without restarting it.
         server.restart();
-        let mut off = FlagDef::default();
-        off.enabled = false;
+        let off = FlagDef {
+            enabled: false,
+            ..FlagDef::default()
+        };
         let mut attempts = 0;
         while writer.put("search", &off).await.is_err() {
             attempts += 1;
@@ -830,8 +832,10 @@ mod flags {
             .query_async(&mut conn)
             .await
             .unwrap();
-        let mut killed = FlagDef::default();
-        killed.enabled = false;
+        let killed = FlagDef {
+            enabled: false,
+            ..FlagDef::default()
+        };
         source.put("good", &killed).await.unwrap();
         assert!(matches!(
             source.load(&store).await,
@@ -841,8 +845,10 @@ mod flags {
             store.is_enabled("good", &EvalContext::new()),
             "nothing from the refused load was applied"
         );
-        let mut bad = FlagDef::default();
-        bad.default_variant = "nope".into();
+        let bad = FlagDef {
+            default_variant: "nope".into(),
+            ..FlagDef::default()
+        };
         assert!(matches!(
             source.put("x", &bad).await,
             Err(tower_parapet::redis::RedisFlagError::Invalid(_))

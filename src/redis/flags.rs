@@ -293,14 +293,12 @@ impl RedisFlagSource {
                         // Changes made while unsubscribed.
                         let _ = self.load(&store).await;
                         let mut messages = pubsub.into_on_message();
-                        loop {
-                            match tokio::time::timeout(self.resync, messages.next()).await {
-                                Ok(Some(_)) | Err(_) => {
-                                    let _ = self.load(&store).await;
-                                }
-                                // The connection is gone.
-                                Ok(None) => break,
-                            }
+                        // A message, or the resync interval: reload. `None`: the
+                        // connection is gone.
+                        while let Ok(Some(_)) | Err(_) =
+                            tokio::time::timeout(self.resync, messages.next()).await
+                        {
+                            let _ = self.load(&store).await;
                         }
                         store.observer().emit(&Event::FlagSourceFailed {
                             name: store.name(),
