@@ -8,7 +8,8 @@
 //! Stack of (a)–(c), outermost first: edge adapter (`RejectionResponseLayer`) → fallback →
 //! (overall timeout → retry) → circuit breaker → per-attempt timeout → `FaultLayer` → an
 //! axum handler. (d) puts a keyed rate limit in front of the fault layer, (e) a timeout
-//! and an idempotency layer.
+//! and an idempotency layer. (f) (feature `redis`) shares limit, flags and idempotency
+//! records through a `redis-server` it kills and restarts.
 #![cfg(feature = "axum")]
 
 use std::collections::HashMap;
@@ -30,6 +31,10 @@ use tower_parapet::http::RejectionResponseLayer;
 use tower_parapet::observe::Event;
 use tower_parapet::retry::{Backoff, Jitter, RetryBudget, RetryLayer};
 use tower_parapet::{RejectionKind, TimeoutLayer};
+
+#[cfg(feature = "redis")]
+#[path = "support/redis_server.rs"]
+mod redis_server;
 
 type Response = axum::http::Response<Body>;
 
@@ -808,4 +813,201 @@ async fn duplicate_submissions_under_faults_run_each_key_at_most_once() {
     assert_eq!(unavailable + timed_out, injected as usize);
     // Nearly every key ends up executed: six tries against a 40 % fault rate.
     assert!(executed >= KEYS as usize - 2, "{executed}");
+}
+
+/// (f) Redis restarted mid-run. The stack shares its state through Redis: a keyed rate
+/// limit (`local` when Redis is away), the feature gate following a `RedisFlagSource`, and
+/// an idempotency layer on a `RedisIdempotencyStore` (fail closed). Redis is killed with
+/// SIGKILL mid-traffic and started again on the same port: every answer arrives within
+/// the backend timeout's bound, each layer's policy is counted, the last flags stay, and
+/// the stack goes back to Redis without being rebuilt.
+///
+/// Real time, not paused: Redis answers over a socket on its own clock. Skipped with a
+/// message without `redis-server` (mandatory under `.ci/run`).
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_mid_run_policies_then_recovery() {
+    use std::time::Instant;
+    use tower_parapet::flags::{EvalContext, FeatureGateLayer, FlagDef, FlagStore};
+    use tower_parapet::idempotency::IdempotencyLayer;
+    use tower_parapet::key;
+    use tower_parapet::rate_limit::{Quota, RateLimitLayer};
+    use tower_parapet::redis::{
+        FailurePolicy, RedisBackend, RedisFlagSource, RedisIdempotencyStore,
+    };
+
+    const PER_PHASE: u32 = 40;
+    let Some(mut server) = redis_server::RedisServer::start() else {
+        return;
+    };
+    let timeout = Duration::from_millis(150);
+    let events = Events::default();
+    let backend = RedisBackend::builder(server.url())
+        .timeout(timeout)
+        .observer(events.observer())
+        .build()
+        .unwrap();
+    let flags = FlagStore::new();
+    let source = RedisFlagSource::new(backend.clone()).resync(Duration::from_millis(100));
+    source.put("payments", &FlagDef::default()).await.unwrap();
+    let watcher = source.clone().watch(flags.clone());
+    let ctx = EvalContext::new();
+    while flags.get("payments").is_none() {
+        tokio::task::yield_now().await;
+    }
+    let client = || key::Header::new(axum::http::HeaderName::from_static("x-client"));
+    let charges = Arc::new(AtomicU32::new(0));
+    let counted = charges.clone();
+    let app = Router::new()
+        .route(
+            "/pay",
+            axum::routing::post(move || {
+                counted.fetch_add(1, Ordering::SeqCst);
+                async { StatusCode::CREATED }
+            }),
+        )
+        .layer(
+            ServiceBuilder::new()
+                .layer(RejectionResponseLayer::new())
+                .layer(
+                    RateLimitLayer::keyed(client(), Quota::per_minute(1_000))
+                        .observer(events.observer())
+                        .shared(backend.clone())
+                        .on_redis_error(FailurePolicy::Local),
+                )
+                .layer(FeatureGateLayer::new(&flags, "payments"))
+                .layer(
+                    IdempotencyLayer::new()
+                        .observer(events.observer())
+                        .store(RedisIdempotencyStore::new(backend.clone()))
+                        .on_store_error(FailurePolicy::FailClosed),
+                ),
+        );
+    let pay = |phase: &str, i: u32| {
+        Request::post("/pay")
+            .header("x-client", format!("c{}", i % 4))
+            .header("idempotency-key", format!("{phase}-{i}"))
+            .body(Body::empty())
+            .unwrap()
+    };
+    // Status counts and the slowest answer of one phase.
+    let run = |phase: &'static str| {
+        let app = app.clone();
+        async move {
+            let mut statuses: HashMap<u16, u32> = HashMap::new();
+            let mut slowest = Duration::ZERO;
+            for i in 0..PER_PHASE {
+                let started = Instant::now();
+                let res = app.clone().oneshot(pay(phase, i)).await.unwrap();
+                slowest = slowest.max(started.elapsed());
+                *statuses.entry(res.status().as_u16()).or_default() += 1;
+            }
+            (statuses, slowest)
+        }
+    };
+
+    let (before, slow_before) = run("before").await;
+    server.stop();
+    let (during, slow_during) = run("during").await;
+    let flag_kept = flags.is_enabled("payments", &ctx);
+    server.restart();
+    // Back by itself: each probe is bounded by the timeout.
+    let started = Instant::now();
+    let mut probes = 0;
+    let mut probes_admitted = 0;
+    while !backend.is_up() {
+        probes += 1;
+        assert!(probes < 500, "no recovery");
+        let res = app.clone().oneshot(pay("probe", probes)).await.unwrap();
+        if res.status() == StatusCode::CREATED {
+            probes_admitted += 1;
+        }
+        if !backend.is_up() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let recovered_after = started.elapsed();
+    let (after, slow_after) = run("after").await;
+    // Flags follow Redis again: the restarted Redis is empty, so write the switch anew.
+    source
+        .put(
+            "payments",
+            &FlagDef {
+                enabled: false,
+                ..FlagDef::default()
+            },
+        )
+        .await
+        .unwrap();
+    let mut waited = 0;
+    while flags.is_enabled("payments", &ctx) {
+        waited += 1;
+        assert!(waited < 500, "the watcher did not resubscribe");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let killed = app
+        .clone()
+        .oneshot(pay("killed", 0))
+        .await
+        .unwrap()
+        .status();
+    watcher.abort();
+
+    let count = |m: &HashMap<u16, u32>, s: u16| m.get(&s).copied().unwrap_or(0);
+    table(
+        "(f) Redis killed and restarted mid-run (40 payments per phase)",
+        &[
+            ("before: 201", count(&before, 201).to_string()),
+            (
+                "during outage: 503 (idempotency fails closed)",
+                count(&during, 503).to_string(),
+            ),
+            (
+                "during outage: rate limit decided locally",
+                events.get("rate_limit/local").to_string(),
+            ),
+            (
+                "during outage: idempotency policy applied",
+                events.get("idempotency/fail_closed").to_string(),
+            ),
+            (
+                "during outage: slowest answer (ms)",
+                slow_during.as_millis().to_string(),
+            ),
+            (
+                "backend_down / backend_recovered events",
+                format!(
+                    "{} / {}",
+                    events.get("backend/backend_down"),
+                    events.get("backend/backend_recovered")
+                ),
+            ),
+            (
+                "recovery after restart (ms)",
+                recovered_after.as_millis().to_string(),
+            ),
+            ("after: 201", count(&after, 201).to_string()),
+            ("flag kept while Redis was away", flag_kept.to_string()),
+            ("kill switch after recovery", killed.as_u16().to_string()),
+        ],
+    );
+    assert_eq!(count(&before, 201), PER_PHASE);
+    assert_eq!(count(&during, 503), PER_PHASE, "{during:?}");
+    let local = events.get("rate_limit/local");
+    assert!((PER_PHASE..=PER_PHASE + probes).contains(&local), "{local}");
+    assert!(events.get("idempotency/fail_closed") >= PER_PHASE);
+    // Each request makes at most two bounded Redis calls (limit, claim).
+    for slow in [slow_before, slow_during, slow_after] {
+        assert!(slow < timeout * 2 + Duration::from_millis(100), "{slow:?}");
+    }
+    assert_eq!(events.get("backend/backend_down"), 1);
+    assert_eq!(events.get("backend/backend_recovered"), 1);
+    assert_eq!(count(&after, 201), PER_PHASE);
+    assert!(flag_kept, "the last flags stay while Redis is away");
+    assert_eq!(killed, StatusCode::NOT_FOUND);
+    assert_eq!(
+        charges.load(Ordering::SeqCst),
+        2 * PER_PHASE + probes_admitted,
+        "nothing ran during the outage"
+    );
 }

@@ -896,3 +896,66 @@ async fn health_shows_the_backend_and_recovers_with_it() {
     }
     assert_eq!(registry.snapshot().backends[0].consecutive_failures, 0);
 }
+
+/// A Redis that hangs (SIGSTOP: the connection stays open, nothing answers) costs each
+/// request at most the backend's timeout; every policy applies; it recovers on SIGCONT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_redis_costs_at_most_the_timeout() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let seen = Seen::default();
+    let timeout = Duration::from_millis(100);
+    let backend = RedisBackend::builder(server.url())
+        .timeout(timeout)
+        .observer(seen.observer())
+        .build()
+        .unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let layer = |policy| {
+        RateLimitLayer::new(Quota::per_hour(2))
+            .name("hung")
+            .observer(seen.observer())
+            .shared(backend.clone())
+            .on_redis_error(policy)
+            .layer(counting(calls.clone()))
+    };
+    let (open, closed, local) = (
+        layer(FailurePolicy::FailOpen),
+        layer(FailurePolicy::FailClosed),
+        layer(FailurePolicy::Local),
+    );
+    open.clone().oneshot(0).await.unwrap();
+    server.freeze();
+    let mut slowest = Duration::ZERO;
+    let mut outcomes = Vec::new();
+    for (svc, n) in [
+        (&open, 1),
+        (&closed, 2),
+        (&local, 3),
+        (&local, 4),
+        (&local, 5),
+    ] {
+        let started = Instant::now();
+        outcomes.push(svc.clone().oneshot(n).await.is_ok());
+        slowest = slowest.max(started.elapsed());
+    }
+    assert!(
+        slowest < timeout + Duration::from_millis(100),
+        "a request took {slowest:?}"
+    );
+    // Open admits; closed refuses; local has its own 2 per hour.
+    assert_eq!(outcomes, [true, false, true, true, false]);
+    assert_eq!(seen.count("backend/backend_down"), 1);
+    server.thaw();
+    let mut attempts = 0;
+    while !backend.is_up() {
+        attempts += 1;
+        assert!(attempts < 500, "no recovery");
+        let _ = open.clone().oneshot(9).await;
+        if !backend.is_up() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    assert_eq!(seen.count("backend/backend_recovered"), 1);
+}

@@ -95,9 +95,32 @@ impl RedisServer {
     /// Kill it (SIGKILL: no goodbye to clients) and wait until it is gone.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
+            // A frozen server must go on to die.
+            let _ = Command::new("kill")
+                .args(["-CONT", &child.id().to_string()])
+                .status();
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Freeze it (SIGSTOP): connections stay open and nothing answers, as a hung server.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Let a frozen server go on (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, which: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let status = Command::new("kill")
+            .args([which, &pid])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {which} {pid}");
     }
 
     /// Start it again on the same port.
