@@ -113,62 +113,98 @@ where
 {
     type Output = Result<S::Response, BoxError>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut state = self.project().state;
-        loop {
-            match state.as_mut().project() {
-                StateProj::Called { fut, info, headers } => {
-                    let mut res = ready!(fut.poll(cx)).map_err(Into::into)?;
-                    if let Some(info) = info.take() {
-                        headers.apply(&mut res, &info);
+        match state.as_mut().project() {
+            StateProj::Called { fut, info, headers } => poll_called(fut, info, headers, cx),
+            StateProj::Rejected { error } => {
+                let error = error.take().expect("polled after completion");
+                Poll::Ready(Err(error))
+            }
+            // Kept out of line: the admitted path above stays small.
+            StateProj::Waiting { .. } => poll_waiting(state, cx),
+        }
+    }
+}
+
+#[inline]
+fn poll_called<F, T, E, H>(
+    fut: Pin<&mut F>,
+    info: &mut Option<Box<RateLimitInfo>>,
+    headers: &mut H,
+    cx: &mut Context<'_>,
+) -> Poll<Result<T, BoxError>>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+    H: OnAdmitted<T>,
+{
+    let mut res = ready!(fut.poll(cx)).map_err(Into::into)?;
+    if let Some(info) = info.take() {
+        headers.apply(&mut res, &info);
+    }
+    Poll::Ready(Ok(res))
+}
+
+#[inline(never)]
+#[allow(clippy::type_complexity)]
+fn poll_waiting<S, Req, H>(
+    mut state: Pin<&mut State<S::Future, S, Req, H>>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<S::Response, BoxError>>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    H: OnAdmitted<S::Response>,
+{
+    loop {
+        match state.as_mut().project() {
+            StateProj::Called { fut, info, headers } => return poll_called(fut, info, headers, cx),
+            StateProj::Rejected { error } => {
+                let error = error.take().expect("polled after completion");
+                return Poll::Ready(Err(error));
+            }
+            StateProj::Waiting { wait } => {
+                ready!(wait.sleep.as_mut().poll(cx));
+                let shared = &wait.shared;
+                let want_info = wait.headers.enabled();
+                match shared.quotas.decide(&wait.slot, wait.weight, want_info) {
+                    Decision::Admitted { info } => {
+                        shared.observer().emit(&Event::RateLimitDelayed {
+                            name: shared.name(),
+                            class: wait.class,
+                            waited: wait.started.elapsed(),
+                        });
+                        let req = wait.req.take().expect("polled after completion");
+                        let fut = wait.svc.call(req);
+                        let headers = wait.headers.clone();
+                        state.set(State::Called { fut, info, headers });
                     }
-                    return Poll::Ready(Ok(res));
-                }
-                StateProj::Rejected { error } => {
-                    let error = error.take().expect("polled after completion");
-                    return Poll::Ready(Err(error));
-                }
-                StateProj::Waiting { wait } => {
-                    ready!(wait.sleep.as_mut().poll(cx));
-                    let shared = &wait.shared;
-                    let want_info = wait.headers.enabled();
-                    match shared.quotas.decide(&wait.slot, wait.weight, want_info) {
-                        Decision::Admitted { info } => {
-                            shared.observer().emit(&Event::RateLimitDelayed {
-                                name: shared.name(),
-                                class: wait.class,
-                                waited: wait.started.elapsed(),
-                            });
-                            let req = wait.req.take().expect("polled after completion");
-                            let fut = wait.svc.call(req);
-                            let headers = wait.headers.clone();
-                            state.set(State::Called { fut, info, headers });
+                    Decision::Refused {
+                        quota,
+                        wait: again,
+                        info,
+                    } => {
+                        // Waiting reserves nothing: another request took the quota.
+                        // Wait again while the total stays within the maximum.
+                        let waited = wait.started.elapsed();
+                        if waited.saturating_add(again) <= shared.max_wait() {
+                            let at = Instant::now() + again;
+                            wait.sleep.as_mut().reset(at);
+                            continue;
                         }
-                        Decision::Refused {
-                            quota,
-                            wait: again,
-                            info,
-                        } => {
-                            // Waiting reserves nothing: another request took the quota.
-                            // Wait again while the total stays within the maximum.
-                            let waited = wait.started.elapsed();
-                            if waited.saturating_add(again) <= shared.max_wait() {
-                                let at = Instant::now() + again;
-                                wait.sleep.as_mut().reset(at);
-                                continue;
-                            }
-                            shared.observer().emit(&Event::RateLimited {
-                                name: shared.name(),
-                                class: wait.class,
-                                key: None,
-                                policy: shared.quotas.quota(quota).name(),
-                                retry_after: again,
-                                shadow: false,
-                            });
-                            let rejection = Rejection::rate_limited(again, Some(*info));
-                            state.set(State::Rejected { error: None });
-                            return Poll::Ready(Err(rejection.boxed()));
-                        }
+                        shared.observer().emit(&Event::RateLimited {
+                            name: shared.name(),
+                            class: wait.class,
+                            key: None,
+                            policy: shared.quotas.quota(quota).name(),
+                            retry_after: again,
+                            shadow: false,
+                        });
+                        let rejection = Rejection::rate_limited(again, Some(*info));
+                        state.set(State::Rejected { error: None });
+                        return Poll::Ready(Err(rejection.boxed()));
                     }
                 }
             }

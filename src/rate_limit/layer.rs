@@ -576,6 +576,10 @@ where
         }
         let weight = self.weight.weight(&req);
         let want_info = self.headers.enabled();
+        // The common case in one step: one global quota, weight 1, no fields to add.
+        if !spec.keyed && weight == 1 && !want_info && shared.quotas.check_single(&shared.global) {
+            return ResponseFuture::called(self.inner.call(req), None, self.headers.clone());
+        }
         let can_wait = mode == Mode::Enforce && !spec.max_wait.is_zero();
         let class = spec.class.unwrap_or_else(|| self.key.class());
         let decide = |slot: &Slot| {

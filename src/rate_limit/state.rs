@@ -127,6 +127,7 @@ struct CellStore {
 impl StateStore for CellStore {
     type Key = Slot;
 
+    #[inline]
     fn measure_and_replace<T, F, E>(&self, slot: &Slot, f: F) -> Result<T, E>
     where
         F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
@@ -228,6 +229,17 @@ impl Quotas {
     /// refill time of the quotas.
     pub(super) fn forget_after(&self) -> u64 {
         self.forget_after
+    }
+
+    /// `true` when there is one quota and it admits one cell for `slot` (taking it);
+    /// `false` when there are several, or it refuses (nothing taken): ask
+    /// [`decide`](Self::decide) then.
+    #[inline]
+    pub(super) fn check_single(&self, slot: &Slot) -> bool {
+        match &*self.limiters {
+            [only] => only.limiter.check_key(slot).is_ok(),
+            _ => false,
+        }
     }
 
     /// Ask every quota, in order, to admit `weight` (clamped to each quota's burst; 0 is
