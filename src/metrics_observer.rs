@@ -44,9 +44,13 @@ pub struct MetricsObserver {
 /// metric, the layer and the third label are `&'static str`s, identified by address.
 /// A slot is written once; a collision or another name takes the general path.
 struct Fast {
-    name: OnceLock<Box<str>>,
-    slots: [OnceLock<([usize; 3], Handle)>; FAST_SLOTS],
+    /// The name, and where the first one seen was.
+    name: OnceLock<(Box<str>, usize)>,
+    slots: [FastSlot; FAST_SLOTS],
 }
+
+/// Key (layer, outcome, rejection kind), the events counter, the rejections counter.
+type FastSlot = OnceLock<([usize; 3], Handle, Option<Handle>)>;
 
 const FAST_SLOTS: usize = 64;
 
@@ -62,7 +66,7 @@ impl Default for Fast {
 impl fmt::Debug for MetricsObserver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MetricsObserver")
-            .field("name", &self.fast.name.get())
+            .field("name", &self.fast.name.get().map(|(n, _)| n))
             .field("handles", &self.cache.entries.load().len())
             .finish()
     }
@@ -156,23 +160,33 @@ impl MetricsObserver {
         handle
     }
 
-    /// Increment `metric{layer, name, key3=value3}` through the fast table when it can.
+    /// Count one event — `parapet_events_total{layer, name, outcome}`, and
+    /// `parapet_rejections_total{layer, name, kind}` for an enforced refusal — through the
+    /// fast table when it can: one slot holds both handles of an (outcome, kind) pair.
     #[inline]
-    fn count_static(
+    fn count_event(
         &self,
-        metric: &'static str,
         layer: &'static str,
         name: &str,
-        third: (&'static str, &'static str),
+        outcome: &'static str,
+        kind: Option<&'static str>,
     ) -> bool {
         let fast = &self.fast;
-        if &**fast.name.get_or_init(|| name.into()) != name {
+        let (own, seen_at) = match fast.name.get() {
+            Some(own) => own,
+            None => fast
+                .name
+                .get_or_init(|| (name.into(), name.as_ptr() as usize)),
+        };
+        // A layer passes the same `Arc<str>` every time: the address it had the first
+        // time spares the compare.
+        if !(*seen_at == name.as_ptr() as usize && own.len() == name.len()) && &**own != name {
             return false;
         }
         let key = [
-            metric.as_ptr() as usize,
             layer.as_ptr() as usize,
-            third.1.as_ptr() as usize ^ third.0.len(),
+            outcome.as_ptr() as usize ^ outcome.len(),
+            kind.map_or(0, |k| k.as_ptr() as usize ^ k.len()),
         ];
         let mix = key[0]
             .wrapping_mul(0x9E37_79B9)
@@ -180,17 +194,49 @@ impl MetricsObserver {
             .wrapping_add(key[2].rotate_left(31))
             .wrapping_mul(0x85EB_CA6B);
         let slot = &fast.slots[(mix >> 7) % FAST_SLOTS];
-        let (held, handle) = slot.get_or_init(|| {
-            let labels = [("layer", layer), ("name", name), third];
-            (key, self.register(metric, &labels, false))
-        });
-        if *held != key {
+        // The written slot is read without a closure holding `key`: the key stays in
+        // registers (spilled to the stack and read back as one wide load, it stalled on
+        // store forwarding and cost the whole event ~20 ns).
+        let (held, events, rejections) = match slot.get() {
+            Some(entry) => entry,
+            None => Self::fill(slot, key, || {
+                let events = self.register(
+                    "parapet_events_total",
+                    &[("layer", layer), ("name", name), ("outcome", outcome)],
+                    false,
+                );
+                let rejections = kind.map(|kind| {
+                    self.register(
+                        "parapet_rejections_total",
+                        &[("layer", layer), ("name", name), ("kind", kind)],
+                        false,
+                    )
+                });
+                (events, rejections)
+            }),
+        };
+        if held[0] != key[0] || held[1] != key[1] || held[2] != key[2] {
             return false;
         }
-        if let Handle::Counter(c) = handle {
-            c.increment(1);
+        for handle in std::iter::once(events).chain(rejections) {
+            if let Handle::Counter(c) = handle {
+                c.increment(1);
+            }
         }
         true
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn fill(
+        slot: &FastSlot,
+        key: [usize; 3],
+        register: impl FnOnce() -> (Handle, Option<Handle>),
+    ) -> &([usize; 3], Handle, Option<Handle>) {
+        slot.get_or_init(|| {
+            let (events, rejections) = register();
+            (key, events, rejections)
+        })
     }
 
     fn count(&self, entries: &[Entry], metric: &'static str, labels: &[(&'static str, &str)]) {
@@ -233,31 +279,39 @@ impl Observer for MetricsObserver {
         let layer = event.layer();
         let name = event.name();
         let outcome = event.outcome();
-        if !self.count_static("parapet_events_total", layer, name, ("outcome", outcome)) {
-            self.count(
-                &self.cache.entries.load(),
-                "parapet_events_total",
-                &[("layer", layer), ("name", name), ("outcome", outcome)],
-            );
-        }
-        let rejected = |kind: &'static str| {
-            if !self.count_static("parapet_rejections_total", layer, name, ("kind", kind)) {
-                self.count(
-                    &self.cache.entries.load(),
-                    "parapet_rejections_total",
-                    &[("layer", layer), ("name", name), ("kind", kind)],
-                );
-            }
-        };
-        match *event {
-            Event::TimedOut { shadow: false, .. } => rejected("timeout"),
-            Event::CircuitRejected { shadow: false, .. } => rejected("circuit_open"),
-            Event::RateLimited { shadow: false, .. } => rejected("rate_limited"),
+        let kind = match *event {
+            Event::TimedOut { shadow: false, .. } => Some("timeout"),
+            Event::CircuitRejected { shadow: false, .. } => Some("circuit_open"),
+            Event::RateLimited { shadow: false, .. } => Some("rate_limited"),
             Event::IdempotencyRejected {
                 shadow: false,
                 kind,
                 ..
-            } => rejected(kind.as_str()),
+            } => Some(kind.as_str()),
+            Event::FeatureGated { shadow: false, .. } => Some("feature_disabled"),
+            Event::BulkheadRejected { shadow: false, .. } => Some("overloaded"),
+            Event::BackendPolicyApplied {
+                policy: "fail_closed",
+                ..
+            } => Some("overloaded"),
+            _ => None,
+        };
+        if !self.count_event(layer, name, outcome, kind) {
+            let entries = self.cache.entries.load();
+            self.count(
+                &entries,
+                "parapet_events_total",
+                &[("layer", layer), ("name", name), ("outcome", outcome)],
+            );
+            if let Some(kind) = kind {
+                self.count(
+                    &entries,
+                    "parapet_rejections_total",
+                    &[("layer", layer), ("name", name), ("kind", kind)],
+                );
+            }
+        }
+        match *event {
             Event::CircuitStateChanged { key: None, to, .. } => {
                 self.set(
                     &self.cache.entries.load(),
@@ -277,22 +331,13 @@ impl Observer for MetricsObserver {
                     ("trigger", trigger.as_str()),
                 ],
             ),
-            Event::FeatureGated {
-                flag,
-                reason,
-                shadow,
-                ..
-            } => {
-                if !shadow {
-                    rejected("feature_disabled");
-                }
+            Event::FeatureGated { flag, reason, .. } => {
                 self.count(
                     &self.cache.entries.load(),
                     "parapet_flag_gated_total",
                     &[("name", name), ("flag", flag), ("reason", reason.as_str())],
                 );
             }
-            Event::BulkheadRejected { shadow: false, .. } => rejected("overloaded"),
             Event::BulkheadLimitChanged { to, .. } => self.set(
                 &self.cache.entries.load(),
                 "parapet_bulkhead_limit",
@@ -317,10 +362,6 @@ impl Observer for MetricsObserver {
                 "parapet_cache_requests_total",
                 &[("name", name), ("result", outcome)],
             ),
-            Event::BackendPolicyApplied {
-                policy: "fail_closed",
-                ..
-            } => rejected("overloaded"),
             Event::BackendDown { .. } | Event::BackendRecovered { .. } => self.set(
                 &self.cache.entries.load(),
                 "parapet_backend_up",
@@ -338,5 +379,154 @@ impl Observer for MetricsObserver {
             ),
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::RejectionKind;
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    use std::time::Duration;
+
+    /// Every counter's value by `metric{labels}`.
+    fn counters(recorder: &DebuggingRecorder) -> std::collections::BTreeMap<String, u64> {
+        recorder
+            .snapshotter()
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .filter_map(|(key, _, _, value)| match value {
+                DebugValue::Counter(n) => {
+                    let (_, key) = key.into_parts();
+                    let mut labels: Vec<String> = key
+                        .labels()
+                        .map(|l| format!("{}={}", l.key(), l.value()))
+                        .collect();
+                    labels.sort();
+                    Some((format!("{}{{{}}}", key.name(), labels.join(",")), n))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// One observer given events of two names and many outcomes (so fast slots collide
+    /// and the second name takes the general path): every count lands on its own labels.
+    #[test]
+    fn fast_and_general_paths_count_the_same() {
+        let recorder = DebuggingRecorder::new();
+        let observer = MetricsObserver::default();
+        let (first, second): (Arc<str>, Arc<str>) = ("orders".into(), "users".into());
+        metrics::with_local_recorder(&recorder, || {
+            for round in 0..3 {
+                for name in [&first, &second] {
+                    let events = [
+                        Event::RateLimited {
+                            name: name.as_ref(),
+                            class: "ip",
+                            key: None,
+                            policy: "default",
+                            retry_after: Duration::from_secs(1),
+                            shadow: false,
+                        },
+                        Event::RateLimited {
+                            name: name.as_ref(),
+                            class: "ip",
+                            key: None,
+                            policy: "default",
+                            retry_after: Duration::from_secs(1),
+                            shadow: true,
+                        },
+                        Event::TimedOut {
+                            name: name.as_ref(),
+                            after: Duration::from_secs(1),
+                            shadow: false,
+                        },
+                        Event::IdempotencyRejected {
+                            name: name.as_ref(),
+                            key: Some("k"),
+                            kind: RejectionKind::IdempotencyInFlight,
+                            shadow: false,
+                        },
+                        Event::BackendPolicyApplied {
+                            layer: "rate_limit",
+                            name: name.as_ref(),
+                            backend: "redis",
+                            policy: "fail_closed",
+                        },
+                    ];
+                    for e in &events {
+                        observer.on_event(e);
+                    }
+                }
+                let _ = round;
+            }
+        });
+        let got = counters(&recorder);
+        for name in ["orders", "users"] {
+            let c = |metric: &str, labels: &str| {
+                let mut all: Vec<String> = labels.split(',').map(str::to_owned).collect();
+                all.push(format!("name={name}"));
+                all.sort();
+                got.get(&format!("{metric}{{{}}}", all.join(",")))
+                    .copied()
+                    .unwrap_or(0)
+            };
+            assert_eq!(
+                c(
+                    "parapet_events_total",
+                    "layer=rate_limit,outcome=rate_limited"
+                ),
+                3
+            );
+            assert_eq!(
+                c(
+                    "parapet_events_total",
+                    "layer=rate_limit,outcome=would_have_rate_limited"
+                ),
+                3,
+                "{got:#?}"
+            );
+            assert_eq!(
+                c(
+                    "parapet_rejections_total",
+                    "kind=rate_limited,layer=rate_limit"
+                ),
+                3
+            );
+            assert_eq!(
+                c("parapet_rejections_total", "kind=timeout,layer=timeout"),
+                3
+            );
+            assert_eq!(
+                c(
+                    "parapet_rejections_total",
+                    "kind=idempotency_in_flight,layer=idempotency"
+                ),
+                3
+            );
+            assert_eq!(
+                c(
+                    "parapet_events_total",
+                    "layer=rate_limit,outcome=fail_closed"
+                ),
+                3
+            );
+            assert_eq!(
+                c(
+                    "parapet_rejections_total",
+                    "kind=overloaded,layer=rate_limit"
+                ),
+                3
+            );
+        }
+        // Shadow refusals are not rejections.
+        let rejections: u64 = got
+            .iter()
+            .filter(|(k, _)| k.starts_with("parapet_rejections_total"))
+            .map(|(_, v)| v)
+            .sum();
+        assert_eq!(rejections, 2 * 3 * 4);
     }
 }
