@@ -27,8 +27,11 @@ use tower_parapet::retry::{
     Pushback, parse_grpc_pushback, parse_http_date, parse_ratelimit_reset, parse_retry_after,
 };
 
+/// A target's check: panics when a property is broken.
+pub type Check = fn(&[u8]);
+
 /// Every target, by the name of its `fuzz_targets/` file and `corpus/` folder.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Check)] = &[
     ("grpc_timeout", grpc_timeout),
     ("client_ip", client_ip),
     ("idempotency_key", idempotency_key),
