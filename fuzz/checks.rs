@@ -139,6 +139,24 @@ pub fn idempotency_key(data: &[u8]) {
             assert_eq!(count, 1, "one header line, or no key");
             assert!(!k.is_empty() && k.len() <= max_len, "{k:?}");
             assert!(k.bytes().all(|b| (0x20..=0x7e).contains(&b)), "{k:?}");
+            // The key written back as a structured-field string reads as itself.
+            let mut quoted = String::from("\"");
+            for c in k.chars() {
+                if c == '"' || c == '\\' {
+                    quoted.push('\\');
+                }
+                quoted.push(c);
+            }
+            quoted.push('"');
+            let mut again = Request::post("/pay").body(()).expect("a request");
+            again.headers_mut().insert(
+                "idempotency-key",
+                HeaderValue::from_str(&quoted).expect("printable ASCII"),
+            );
+            let back = IdempotencyKeyHeader::default()
+                .max_len(max_len)
+                .extract(&again);
+            assert_eq!(back.as_ref(), Ok(&k), "{quoted}");
         }
         Err(KeyError::Missing) => assert_eq!(count, 0),
         Err(KeyError::TooLong { len, max }) => assert!(max == max_len && len > max_len),
@@ -203,6 +221,12 @@ pub fn retry_after(data: &[u8]) {
         // "Wednesday, 06-Nov-94 08:49:37 GMT" is the longest form.
         assert!(value.len() <= 33, "{} bytes", value.len());
     }
+    let date = parse_http_date(value);
+    if let Some(at) = date {
+        // A date means "wait until then": never negative, exactly the difference.
+        let expected = at.duration_since(now).unwrap_or(Duration::ZERO);
+        assert_eq!(parse_retry_after(value, now), Some(expected));
+    }
     if let Some(wait) = parse_retry_after(value, now) {
         let trimmed = value.trim_ascii();
         if trimmed.iter().all(u8::is_ascii_digit) {
@@ -232,6 +256,12 @@ pub fn flag_file(data: &[u8]) {
         let source = FileSource::new("fuzz").format(format);
         if let Ok(set) = source.parse(text) {
             assert_valid(&set, text.len());
+            // What was accepted, written out as JSON, reads back the same.
+            let json = serde_json::to_string(&set).expect("a set serialises");
+            let back = FileSource::new("fuzz.json")
+                .format(FileFormat::Json)
+                .parse(&json);
+            assert_eq!(back.as_ref().ok(), Some(&set), "{json}");
         }
     }
 }
