@@ -247,9 +247,11 @@ pub(crate) fn mix64(mut z: u64) -> u64 {
 
 /// A small splitmix64 generator of its own, for a corruption's choices: seeded by one
 /// number of the layer's sequence, so a seeded layer corrupts the same way every run.
+#[cfg(any(test, feature = "http"))]
 #[derive(Debug)]
 pub(crate) struct SplitMix(pub(crate) u64);
 
+#[cfg(any(test, feature = "http"))]
 impl SplitMix {
     pub(crate) fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(GOLDEN);
