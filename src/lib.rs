@@ -22,7 +22,7 @@
 //! | logging | what happened to each request, and why? (span, request id, outcome) | [`logging`] (feature `http`) |
 //! | fan-out | one page from five calls, degraded instead of down (per-branch deadlines, partial results) | [`fanout`] |
 //! | health | should this instance get traffic? (registry, snapshot, `/livez`, `/readyz`) | [`health`] |
-//! | fault injection | what happens if this dependency fails? (errors, HTTP statuses, latency, hangs, aborts at seeded rates; off by default, switched at runtime; targeted by predicate or share of keys) | [`fault`] ([`FaultLayer`]) |
+//! | fault injection | what happens if this dependency fails? (errors, HTTP and gRPC statuses, latency, hangs, aborts, corrupted responses at seeded rates; off by default, switched at runtime; targeted by predicate or share of keys) | [`fault`] ([`FaultLayer`]) |
 //! | admin router | who flips the switch, and who did? (flags, breakers, modes, behind a token) | [`http::admin`] (feature `axum`) |
 //! | shared state | what about several replicas? (rate limits, idempotency records and flags shared through Redis; fail open, fail closed or local when Redis is away) | [`redis`] (feature `redis`) |
 //!

@@ -518,3 +518,302 @@ async fn a_dropped_hung_call_releases_everything_around_it() {
     // (its future dropped unpolled), and the last one answered.
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
+
+// ---- response corruption and gRPC statuses ---------------------------------------------
+
+#[cfg(feature = "http")]
+mod http_faults {
+    use super::*;
+    use bytes::Bytes;
+    use http::{Request, Response, header};
+    use http_body_util::{BodyExt, Full};
+    use tower_parapet::fault::HttpCorruption;
+    use tower_parapet::grpc::Code;
+
+    const BODY: &str = r#"{"order":42,"items":["tea","scones"],"total":"12.50"}"#;
+
+    /// An origin answering `BODY` with a `Content-Length` and a `Content-Type`.
+    fn origin() -> impl Service<
+        Request<Full<Bytes>>,
+        Response = Response<Full<Bytes>>,
+        Error = Infallible,
+        Future: Send,
+    > + Clone {
+        service_fn(|_: Request<Full<Bytes>>| async {
+            let mut res = Response::new(Full::new(Bytes::from_static(BODY.as_bytes())));
+            res.headers_mut()
+                .insert(header::CONTENT_LENGTH, BODY.len().into());
+            res.headers_mut().insert(
+                header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            Ok::<_, Infallible>(res)
+        })
+    }
+
+    async fn body_of(res: Response<Full<Bytes>>) -> (http::HeaderMap, Bytes) {
+        let (parts, body) = res.into_parts();
+        (parts.headers, body.collect().await.unwrap().to_bytes())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn corruption_is_off_by_default_and_needs_a_corruption() {
+        let faults = Faults::default();
+        let layer = FaultLayer::builder()
+            .corrupt(100.0, HttpCorruption::garbage())
+            .observer(faults.observer())
+            .build()
+            .unwrap();
+        let mut svc = ServiceBuilder::new().layer(layer).service(origin());
+        for _ in 0..20 {
+            let res = svc.ready().await.unwrap().call(Request::default()).await;
+            let (headers, body) = body_of(res.unwrap()).await;
+            assert_eq!(body, BODY.as_bytes());
+            assert!(!headers.contains_key("parapet-fault"));
+        }
+        assert_eq!(faults.len(), 0);
+
+        // A corrupt rate with nothing to corrupt with is refused, in config and at runtime.
+        let err = FaultLayer::builder()
+            .error_rate(10.0)
+            .build()
+            .unwrap()
+            .handle()
+            .set_rate(FaultKind::Corrupt, 5.0)
+            .unwrap_err();
+        assert_eq!(err.field(), "corrupt_rate");
+        let config: FaultConfig = serde_json::from_str(r#"{ "corrupt_rate": 5 }"#).unwrap();
+        assert_eq!(config.build().unwrap_err().field(), "corrupt_rate");
+        let layer = config
+            .builder()
+            .corruption(HttpCorruption::truncate())
+            .build()
+            .unwrap();
+        assert_eq!(layer.handle().rate(FaultKind::Corrupt), 5.0);
+        // Corrupt shares the one roll with error, abort and hang.
+        let err = FaultLayer::builder()
+            .error_rate(60.0)
+            .corrupt(50.0, HttpCorruption::truncate())
+            .build()
+            .unwrap_err();
+        assert_eq!(err.field(), "corrupt_rate");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_corruption_changes_the_response() {
+        for (name, corruption) in [
+            ("truncate", HttpCorruption::truncate()),
+            ("flip_bytes", HttpCorruption::flip_bytes(3)),
+            ("garbage", HttpCorruption::garbage()),
+        ] {
+            let (calls, seen) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
+            let counted = calls.clone();
+            let inner = origin();
+            let layer = FaultLayer::builder()
+                .seed(11)
+                .corrupt(100.0, corruption)
+                .mode(Mode::Enforce)
+                .build()
+                .unwrap();
+            let mut svc = ServiceBuilder::new()
+                .layer(layer)
+                .map_request(move |r| {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    r
+                })
+                .service(inner);
+            for _ in 0..50 {
+                let res = svc.ready().await.unwrap().call(Request::default()).await;
+                let (headers, body) = body_of(res.unwrap()).await;
+                assert_ne!(body, BODY.as_bytes(), "{name}");
+                assert_eq!(headers["parapet-fault"], "corrupt", "{name}");
+                // Framing stays consistent with the mangled body.
+                assert_eq!(
+                    headers[header::CONTENT_LENGTH],
+                    body.len().to_string(),
+                    "{name}"
+                );
+                assert_eq!(headers[header::CONTENT_TYPE], "application/json", "{name}");
+                match name {
+                    "truncate" => {
+                        assert!(BODY.as_bytes().starts_with(&body) && body.len() < BODY.len())
+                    }
+                    _ => assert_eq!(body.len(), BODY.len(), "{name}"),
+                }
+                seen.fetch_add(1, Ordering::SeqCst);
+            }
+            // The service was called every time: corruption mangles its real answer.
+            assert_eq!(calls.load(Ordering::SeqCst), seen.load(Ordering::SeqCst));
+        }
+
+        // Dropping a header leaves the body alone.
+        let layer = FaultLayer::builder()
+            .corrupt(100.0, HttpCorruption::drop_header(header::CONTENT_TYPE))
+            .mode(Mode::Enforce)
+            .build()
+            .unwrap();
+        let res = ServiceBuilder::new()
+            .layer(layer)
+            .service(origin())
+            .oneshot(Request::default())
+            .await
+            .unwrap();
+        let (headers, body) = body_of(res).await;
+        assert_eq!(body, BODY.as_bytes());
+        assert!(!headers.contains_key(header::CONTENT_TYPE));
+        assert_eq!(headers["parapet-fault"], "corrupt");
+    }
+
+    /// Corrupted bodies of `calls` seeded calls, `None` for an untouched one.
+    async fn corrupted(seed: u64, percent: f64, calls: usize) -> Vec<Option<Bytes>> {
+        let faults = Faults::default();
+        let layer = FaultLayer::builder()
+            .seed(seed)
+            .corrupt(percent, HttpCorruption::flip_bytes(2))
+            .mode(Mode::Enforce)
+            .observer(faults.observer())
+            .build()
+            .unwrap();
+        let mut svc = ServiceBuilder::new().layer(layer).service(origin());
+        let mut out = Vec::with_capacity(calls);
+        for _ in 0..calls {
+            let res = svc.ready().await.unwrap().call(Request::default()).await;
+            let (headers, body) = body_of(res.unwrap()).await;
+            let touched = headers.contains_key("parapet-fault");
+            assert_eq!(touched, body != BODY.as_bytes());
+            out.push(touched.then_some(body));
+        }
+        assert_eq!(
+            faults.count(FaultKind::Corrupt),
+            out.iter().filter(|b| b.is_some()).count()
+        );
+        out
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_corrupt_rate_holds_and_a_seed_repeats_it() {
+        let calls = 10_000;
+        let run = corrupted(5, 20.0, calls).await;
+        let hit = run.iter().filter(|b| b.is_some()).count();
+        // 20 % of 10 000: 2 000, within 4 standard deviations (40).
+        assert!((1_840..=2_160).contains(&hit), "{hit}");
+        assert_eq!(corrupted(5, 20.0, 500).await, run[..500]);
+        assert_ne!(corrupted(6, 20.0, 500).await, run[..500]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shadow_mode_reports_corruption_and_changes_nothing() {
+        let faults = Faults::default();
+        let layer = FaultLayer::builder()
+            .corrupt(100.0, HttpCorruption::garbage())
+            .mode(Mode::Shadow)
+            .observer(faults.observer())
+            .build()
+            .unwrap();
+        let mut svc = ServiceBuilder::new().layer(layer).service(origin());
+        for _ in 0..10 {
+            let res = svc.ready().await.unwrap().call(Request::default()).await;
+            assert_eq!(body_of(res.unwrap()).await.1, BODY.as_bytes());
+        }
+        assert_eq!(
+            faults.0.lock().unwrap().as_slice(),
+            &[(FaultKind::Corrupt, true); 10]
+        );
+    }
+
+    async fn one<S>(svc: &mut S) -> Bytes
+    where
+        S: Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>, Error = BoxError>,
+    {
+        let res = svc.ready().await.unwrap().call(Request::default()).await;
+        body_of(res.unwrap()).await.1
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_handle_tunes_corruption_at_runtime() {
+        let layer = FaultLayer::builder()
+            .corruption(HttpCorruption::truncate())
+            .mode(Mode::Enforce)
+            .build()
+            .unwrap();
+        let chaos = layer.handle();
+        let mut svc = ServiceBuilder::new().layer(layer).service(origin());
+        assert_eq!(one(&mut svc).await, BODY.as_bytes());
+        assert_eq!(chaos.set_rate(FaultKind::Corrupt, 100.0).unwrap(), 0.0);
+        assert_ne!(one(&mut svc).await, BODY.as_bytes());
+        chaos.set_kinds([FaultKind::Error]);
+        assert_eq!(one(&mut svc).await, BODY.as_bytes());
+        assert!(!chaos.kinds().contains(&FaultKind::Corrupt));
+        assert_eq!(FaultKind::Corrupt.as_str(), "corrupt");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_grpc_status_fault_answers_like_a_grpc_server() {
+        let (calls, seen) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
+        let counted = calls.clone();
+        let layer = FaultLayer::builder()
+            .seed(9)
+            .error_rate(30.0)
+            .grpc_status(Code::Unavailable, "injected: 100% down")
+            .mode(Mode::Enforce)
+            .build()
+            .unwrap();
+        let mut svc = ServiceBuilder::new().layer(layer).service(service_fn(
+            move |_: Request<Full<Bytes>>| {
+                counted.fetch_add(1, Ordering::SeqCst);
+                async {
+                    let mut res = Response::new(Full::new(Bytes::from_static(b"\0\0\0\0\0")));
+                    res.headers_mut().insert("grpc-status", 0.into());
+                    Ok::<_, Infallible>(res)
+                }
+            },
+        ));
+        let calls_made = 2_000;
+        for _ in 0..calls_made {
+            let res = svc.ready().await.unwrap().call(Request::default()).await;
+            let (parts, body) = res.unwrap().into_parts();
+            assert_eq!(parts.status, 200);
+            if parts.headers["grpc-status"] == "14" {
+                seen.fetch_add(1, Ordering::SeqCst);
+                assert_eq!(parts.headers[header::CONTENT_TYPE], "application/grpc");
+                assert_eq!(parts.headers["grpc-message"], "injected: 100%25 down");
+                assert_eq!(parts.headers["parapet-fault"], "error");
+                assert!(body.collect().await.unwrap().to_bytes().is_empty());
+            } else {
+                assert_eq!(parts.headers["grpc-status"], "0");
+            }
+        }
+        let injected = seen.load(Ordering::SeqCst);
+        // 30 % of 2 000: 600, within 4 standard deviations (about 82).
+        assert!((518..=682).contains(&injected), "{injected}");
+        assert_eq!(calls.load(Ordering::SeqCst), calls_made - injected);
+    }
+
+    /// A tonic client reads the injected answer as the status it names.
+    #[cfg(feature = "tonic")]
+    #[test]
+    fn tonic_reads_the_injected_status() {
+        let layer = FaultLayer::builder()
+            .error_rate(100.0)
+            .grpc_status(Code::ResourceExhausted, "quota")
+            .mode(Mode::Enforce)
+            .build()
+            .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let res = rt
+            .block_on(
+                ServiceBuilder::new()
+                    .layer(layer)
+                    .service(service_fn(|_: Request<()>| async {
+                        Ok::<_, Infallible>(Response::new(()))
+                    }))
+                    .oneshot(Request::new(())),
+            )
+            .unwrap();
+        let status = tonic::Status::from_header_map(res.headers()).expect("a status");
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(status.message(), "quota");
+    }
+}

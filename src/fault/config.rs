@@ -8,8 +8,8 @@ use crate::mode::Mode;
 
 /// The fault-injection layer's configuration, for config files.
 ///
-/// Rates are percentages from 0 to 100. Error, abort and hang exclude one another (one
-/// roll decides among them, so together they may not exceed 100); latency is rolled on
+/// Rates are percentages from 0 to 100. Error, abort, hang and corrupt exclude one another
+/// (one roll decides among them, so together they may not exceed 100); latency is rolled on
 /// its own and delays whatever comes next. The layer starts [`Mode::Off`] unless `mode`
 /// says otherwise.
 ///
@@ -51,6 +51,9 @@ pub struct FaultConfig {
     pub abort_rate: f64,
     /// Percent of calls that never answer (default 0).
     pub hang_rate: f64,
+    /// Percent of calls whose response is corrupted (default 0). Needs a corruption set
+    /// in code ([`FaultBuilder::corruption`]); above 0 without one, `build` refuses it.
+    pub corrupt_rate: f64,
     /// Percent of calls delayed by [`latency`](Self::latency) (default 0).
     pub latency_rate: f64,
     /// The delay of a latency fault, or the shortest one with `latency_max` (default 0).
@@ -70,6 +73,7 @@ impl Default for FaultConfig {
             error_rate: 0.0,
             abort_rate: 0.0,
             hang_rate: 0.0,
+            corrupt_rate: 0.0,
             latency_rate: 0.0,
             latency: Duration::ZERO,
             latency_max: None,

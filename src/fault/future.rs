@@ -1,15 +1,17 @@
-//! The response future: an optional delay, then the inner call, an injected answer, or
-//! nothing ever.
+//! The response future: an optional delay, then the inner call (its response corrupted or
+//! not), an injected answer, or nothing ever.
 
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 
+use super::corrupt::{CorruptFuture, Corrupted, Corruption};
 use crate::error::BoxError;
 
 pin_project! {
@@ -28,6 +30,11 @@ pin_project! {
         Inner {
             #[pin]
             future: F,
+            // A corrupt fault: the corruption and the number it draws from.
+            corrupt: Option<(Arc<dyn Corruption<Res>>, u64)>,
+        },
+        Corrupting {
+            future: CorruptFuture<Res>,
         },
         Ready {
             result: Option<Result<Res, BoxError>>,
@@ -41,7 +48,25 @@ impl<F, Res> ResponseFuture<F, Res> {
     pub(crate) fn inner(delay: Option<Duration>, future: F) -> Self {
         ResponseFuture {
             delay: delay.map(tokio::time::sleep),
-            kind: Kind::Inner { future },
+            kind: Kind::Inner {
+                future,
+                corrupt: None,
+            },
+        }
+    }
+
+    pub(crate) fn corrupt(
+        delay: Option<Duration>,
+        future: F,
+        corruption: Arc<dyn Corruption<Res>>,
+        random: u64,
+    ) -> Self {
+        ResponseFuture {
+            delay: delay.map(tokio::time::sleep),
+            kind: Kind::Inner {
+                future,
+                corrupt: Some((corruption, random)),
+            },
         }
     }
 
@@ -65,7 +90,8 @@ impl<F, Res> ResponseFuture<F, Res> {
 impl<F, Res> fmt::Debug for ResponseFuture<F, Res> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match &self.kind {
-            Kind::Inner { .. } => "inner",
+            Kind::Inner { corrupt: None, .. } => "inner",
+            Kind::Inner { .. } | Kind::Corrupting { .. } => "corrupt",
             Kind::Ready { .. } => "injected",
             Kind::Hang => "hang",
         };
@@ -80,6 +106,7 @@ impl<F, Res, E> Future for ResponseFuture<F, Res>
 where
     F: Future<Output = Result<Res, E>>,
     E: Into<BoxError>,
+    Res: 'static,
 {
     type Output = Result<Res, BoxError>;
 
@@ -89,12 +116,27 @@ where
             ready!(sleep.poll(cx));
             this.delay.set(None);
         }
-        match this.kind.project() {
-            KindProj::Inner { future } => future.poll(cx).map_err(Into::into),
-            KindProj::Ready { result } => {
-                Poll::Ready(result.take().expect("polled after completion"))
+        let corrupting = match this.kind.as_mut().project() {
+            KindProj::Inner { future, corrupt } => {
+                let response = ready!(future.poll(cx)).map_err(Into::into)?;
+                match corrupt.take() {
+                    None => return Poll::Ready(Ok(response)),
+                    Some((corruption, random)) => match corruption.corrupt(response, random) {
+                        Corrupted::Ready(response) => return Poll::Ready(Ok(response)),
+                        Corrupted::Later(future) => future,
+                    },
+                }
             }
-            KindProj::Hang => Poll::Pending,
+            KindProj::Corrupting { future } => return future.as_mut().poll(cx),
+            KindProj::Ready { result } => {
+                return Poll::Ready(result.take().expect("polled after completion"));
+            }
+            KindProj::Hang => return Poll::Pending,
+        };
+        this.kind.set(Kind::Corrupting { future: corrupting });
+        match this.kind.project() {
+            KindProj::Corrupting { future } => future.as_mut().poll(cx),
+            _ => unreachable!("just set"),
         }
     }
 }

@@ -11,6 +11,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::config::FaultConfig;
+use super::corrupt::{Corruption, NoCorruption};
 use super::future::ResponseFuture;
 use super::state::{self, Decision, End, FaultKind, Rng, Settings};
 use crate::error::{BoxError, ConfigError};
@@ -109,6 +110,32 @@ impl<B: Default> FaultAnswer<http::Response<B>> for HttpStatus {
     }
 }
 
+/// An error fault that answers a gRPC status the way a gRPC server does: a trailers-only
+/// response, HTTP 200 with `content-type: application/grpc`, `grpc-status` (the code's
+/// number), `grpc-message` (percent-encoded), an empty body and a `parapet-fault: error`
+/// header ([`FaultBuilder::grpc_status`]). A gRPC client reads it as that status.
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+#[derive(Debug, Clone)]
+pub struct GrpcStatus {
+    /// The status code.
+    pub code: crate::grpc::Code,
+    /// The message (sent percent-encoded; may be empty).
+    pub message: String,
+}
+
+#[cfg(feature = "http")]
+impl<B: Default> FaultAnswer<http::Response<B>> for GrpcStatus {
+    fn answer(&self, _: &Arc<str>) -> Result<http::Response<B>, BoxError> {
+        let (mut parts, _) = crate::http::grpc_answer(self.code, &self.message, None).into_parts();
+        parts.headers.insert(
+            http::HeaderName::from_static("parapet-fault"),
+            http::HeaderValue::from_static("error"),
+        );
+        Ok(http::Response::from_parts(parts, B::default()))
+    }
+}
+
 /// Which requests may get a fault. Requests it does not target pass through untouched
 /// and draw no random numbers.
 pub trait Target<Req>: Send + Sync + 'static {
@@ -186,21 +213,24 @@ impl<Req, A: Target<Req>, B: Target<Req>> Target<Req> for Both<A, B> {
 }
 
 /// Builds a [`FaultLayer`]; start with [`FaultLayer::builder`].
-pub struct FaultBuilder<T = AllRequests, A = ErrorAnswer> {
+pub struct FaultBuilder<T = AllRequests, A = ErrorAnswer, C = NoCorruption> {
     config: FaultConfig,
     observer: SharedObserver,
     mode: Option<ModeHandle>,
     target: T,
     answer: A,
+    corruption: C,
+    can_corrupt: bool,
     percent_error: Option<(&'static str, f64)>,
 }
 
-impl<T: fmt::Debug, A: fmt::Debug> fmt::Debug for FaultBuilder<T, A> {
+impl<T: fmt::Debug, A: fmt::Debug, C: fmt::Debug> fmt::Debug for FaultBuilder<T, A, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FaultBuilder")
             .field("config", &self.config)
             .field("target", &self.target)
             .field("answer", &self.answer)
+            .field("corruption", &self.corruption)
             .finish_non_exhaustive()
     }
 }
@@ -213,12 +243,14 @@ impl FaultBuilder {
             mode: None,
             target: AllRequests,
             answer: ErrorAnswer::default(),
+            corruption: NoCorruption,
+            can_corrupt: false,
             percent_error: None,
         }
     }
 }
 
-impl<T, A> FaultBuilder<T, A> {
+impl<T, A, C> FaultBuilder<T, A, C> {
     /// The name in events (default `"fault"`).
     #[must_use]
     pub fn name(mut self, name: impl Into<String>) -> Self {
@@ -275,6 +307,32 @@ impl<T, A> FaultBuilder<T, A> {
         self
     }
 
+    /// Corrupt the responses of `percent` of calls with `corruption` (for HTTP,
+    /// [`HttpCorruption`](super::HttpCorruption)): the service is called and what it
+    /// answers is mangled. Corrupt excludes error, abort and hang (one roll decides among
+    /// them).
+    #[must_use]
+    pub fn corrupt<C2>(mut self, percent: f64, corruption: C2) -> FaultBuilder<T, A, C2> {
+        self.config.corrupt_rate = percent;
+        self.corruption(corruption)
+    }
+
+    /// Corrupt responses with `corruption`, at the rate already configured
+    /// ([`FaultConfig::corrupt_rate`]) or set later through the handle.
+    #[must_use]
+    pub fn corruption<C2>(self, corruption: C2) -> FaultBuilder<T, A, C2> {
+        FaultBuilder {
+            config: self.config,
+            observer: self.observer,
+            mode: self.mode,
+            target: self.target,
+            answer: self.answer,
+            corruption,
+            can_corrupt: true,
+            percent_error: self.percent_error,
+        }
+    }
+
     /// Start in `mode`, or share a [`ModeHandle`] (default [`Mode::Off`]): enforce
     /// injects, [`Mode::Shadow`] only reports what it would inject.
     #[must_use]
@@ -292,7 +350,7 @@ impl<T, A> FaultBuilder<T, A> {
 
     /// Error faults answer with an error from `make` (any [`BoxError`]).
     #[must_use]
-    pub fn error_with<F>(self, make: F) -> FaultBuilder<T, ErrorAnswer>
+    pub fn error_with<F>(self, make: F) -> FaultBuilder<T, ErrorAnswer, C>
     where
         F: Fn() -> BoxError + Send + Sync + 'static,
     {
@@ -303,19 +361,37 @@ impl<T, A> FaultBuilder<T, A> {
     #[cfg(feature = "http")]
     #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
     #[must_use]
-    pub fn http_status(self, status: http::StatusCode) -> FaultBuilder<T, HttpStatus> {
+    pub fn http_status(self, status: http::StatusCode) -> FaultBuilder<T, HttpStatus, C> {
         self.answer_with(HttpStatus(status))
     }
 
-    /// Error faults answer with your own [`FaultAnswer`] (a gRPC status, a canned body).
+    /// Error faults answer with this gRPC status, as a gRPC server would: HTTP 200 with
+    /// `grpc-status` and `grpc-message` (for gRPC services over HTTP, tonic's included).
+    #[cfg(feature = "http")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
     #[must_use]
-    pub fn answer_with<A2>(self, answer: A2) -> FaultBuilder<T, A2> {
+    pub fn grpc_status(
+        self,
+        code: crate::grpc::Code,
+        message: impl Into<String>,
+    ) -> FaultBuilder<T, GrpcStatus, C> {
+        self.answer_with(GrpcStatus {
+            code,
+            message: message.into(),
+        })
+    }
+
+    /// Error faults answer with your own [`FaultAnswer`] (a canned body, a typed error).
+    #[must_use]
+    pub fn answer_with<A2>(self, answer: A2) -> FaultBuilder<T, A2, C> {
         FaultBuilder {
             config: self.config,
             observer: self.observer,
             mode: self.mode,
             target: self.target,
             answer,
+            corruption: self.corruption,
+            can_corrupt: self.can_corrupt,
             percent_error: self.percent_error,
         }
     }
@@ -323,7 +399,7 @@ impl<T, A> FaultBuilder<T, A> {
     /// Only requests `predicate` selects may get a fault (a route, a header, a method).
     /// Adds to earlier targeting: both must select the request.
     #[must_use]
-    pub fn when<F>(self, predicate: F) -> FaultBuilder<Both<T, When<F>>, A> {
+    pub fn when<F>(self, predicate: F) -> FaultBuilder<Both<T, When<F>>, A, C> {
         self.target_also(When(predicate))
     }
 
@@ -332,7 +408,11 @@ impl<T, A> FaultBuilder<T, A> {
     /// users see the faults and the rest none. A request without a key gets none. Adds to
     /// earlier targeting.
     #[must_use]
-    pub fn keys<E>(mut self, extractor: E, percent: f64) -> FaultBuilder<Both<T, KeyShare<E>>, A> {
+    pub fn keys<E>(
+        mut self,
+        extractor: E,
+        percent: f64,
+    ) -> FaultBuilder<Both<T, KeyShare<E>>, A, C> {
         if !percent.is_finite() || !(0.0..=100.0).contains(&percent) {
             self.percent_error = Some(("keys", percent));
         }
@@ -344,19 +424,21 @@ impl<T, A> FaultBuilder<T, A> {
         })
     }
 
-    fn target_also<U>(self, more: U) -> FaultBuilder<Both<T, U>, A> {
+    fn target_also<U>(self, more: U) -> FaultBuilder<Both<T, U>, A, C> {
         FaultBuilder {
             config: self.config,
             observer: self.observer,
             mode: self.mode,
             target: Both(self.target, more),
             answer: self.answer,
+            corruption: self.corruption,
+            can_corrupt: self.can_corrupt,
             percent_error: self.percent_error,
         }
     }
 
     /// The layer, after checking every setting.
-    pub fn build(self) -> Result<FaultLayer<T, A>, ConfigError> {
+    pub fn build(self) -> Result<FaultLayer<T, A, C>, ConfigError> {
         let c = &self.config;
         if c.name.is_empty() {
             return Err(ConfigError::new("name", "must not be empty"));
@@ -368,9 +450,16 @@ impl<T, A> FaultBuilder<T, A> {
             ));
         }
         let settings = Settings {
-            rates: [c.error_rate, c.latency_rate, c.hang_rate, c.abort_rate],
-            enabled: [true; 4],
+            rates: [
+                c.error_rate,
+                c.latency_rate,
+                c.hang_rate,
+                c.abort_rate,
+                c.corrupt_rate,
+            ],
+            enabled: [true; state::KINDS],
             latency: (c.latency, c.latency_max.unwrap_or(c.latency)),
+            can_corrupt: self.can_corrupt,
         };
         settings.check()?;
         let seed = c.seed.unwrap_or_else(state::random_seed);
@@ -385,6 +474,7 @@ impl<T, A> FaultBuilder<T, A> {
             policy: Arc::new(Policy {
                 target: self.target,
                 answer: self.answer,
+                corruption: Arc::new(self.corruption),
             }),
         })
     }
@@ -414,6 +504,10 @@ impl Core {
         self.settings.load().decide(|| self.rng.next())
     }
 
+    fn random_u64(&self) -> u64 {
+        self.rng.next_u64()
+    }
+
     fn changed(&self, change: &'static str) {
         self.observer.emit(&Event::FaultChanged {
             name: &self.name,
@@ -439,18 +533,20 @@ impl Core {
 }
 
 #[derive(Debug)]
-struct Policy<T, A> {
+struct Policy<T, A, C> {
     target: T,
     answer: A,
+    // Its own `Arc`, so a corrupted call hands it to its future as a trait object.
+    corruption: Arc<C>,
 }
 
 /// Injects faults into the services it builds; see the [module docs](super).
-pub struct FaultLayer<T = AllRequests, A = ErrorAnswer> {
+pub struct FaultLayer<T = AllRequests, A = ErrorAnswer, C = NoCorruption> {
     core: Arc<Core>,
-    policy: Arc<Policy<T, A>>,
+    policy: Arc<Policy<T, A, C>>,
 }
 
-impl<T, A> Clone for FaultLayer<T, A> {
+impl<T, A, C> Clone for FaultLayer<T, A, C> {
     fn clone(&self) -> Self {
         FaultLayer {
             core: self.core.clone(),
@@ -459,7 +555,7 @@ impl<T, A> Clone for FaultLayer<T, A> {
     }
 }
 
-impl<T: fmt::Debug, A: fmt::Debug> fmt::Debug for FaultLayer<T, A> {
+impl<T: fmt::Debug, A: fmt::Debug, C: fmt::Debug> fmt::Debug for FaultLayer<T, A, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FaultLayer")
             .field("core", &self.core)
@@ -475,7 +571,7 @@ impl FaultLayer {
     }
 }
 
-impl<T, A> FaultLayer<T, A> {
+impl<T, A, C> FaultLayer<T, A, C> {
     /// The handle that switches the faults on and off and tunes them at runtime.
     pub fn handle(&self) -> FaultHandle {
         FaultHandle(self.core.clone())
@@ -488,8 +584,8 @@ impl<T, A> FaultLayer<T, A> {
     }
 }
 
-impl<S, T, A> Layer<S> for FaultLayer<T, A> {
-    type Service = Fault<S, T, A>;
+impl<S, T, A, C> Layer<S> for FaultLayer<T, A, C> {
+    type Service = Fault<S, T, A, C>;
 
     fn layer(&self, inner: S) -> Self::Service {
         Fault {
@@ -501,13 +597,13 @@ impl<S, T, A> Layer<S> for FaultLayer<T, A> {
 }
 
 /// The service of [`FaultLayer`]. Clones share the settings and the random sequence.
-pub struct Fault<S, T = AllRequests, A = ErrorAnswer> {
+pub struct Fault<S, T = AllRequests, A = ErrorAnswer, C = NoCorruption> {
     inner: S,
     core: Arc<Core>,
-    policy: Arc<Policy<T, A>>,
+    policy: Arc<Policy<T, A, C>>,
 }
 
-impl<S: Clone, T, A> Clone for Fault<S, T, A> {
+impl<S: Clone, T, A, C> Clone for Fault<S, T, A, C> {
     fn clone(&self) -> Self {
         Fault {
             inner: self.inner.clone(),
@@ -517,7 +613,7 @@ impl<S: Clone, T, A> Clone for Fault<S, T, A> {
     }
 }
 
-impl<S: fmt::Debug, T, A> fmt::Debug for Fault<S, T, A> {
+impl<S: fmt::Debug, T, A, C> fmt::Debug for Fault<S, T, A, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Fault")
             .field("inner", &self.inner)
@@ -526,7 +622,7 @@ impl<S: fmt::Debug, T, A> fmt::Debug for Fault<S, T, A> {
     }
 }
 
-impl<S, T, A> Fault<S, T, A> {
+impl<S, T, A, C> Fault<S, T, A, C> {
     /// The inner service.
     pub fn get_ref(&self) -> &S {
         &self.inner
@@ -543,12 +639,14 @@ impl<S, T, A> Fault<S, T, A> {
     }
 }
 
-impl<S, T, A, Req> Service<Req> for Fault<S, T, A>
+impl<S, T, A, C, Req> Service<Req> for Fault<S, T, A, C>
 where
     S: Service<Req>,
+    S::Response: 'static,
     S::Error: Into<BoxError>,
     T: Target<Req>,
     A: FaultAnswer<S::Response>,
+    C: Corruption<S::Response>,
 {
     type Response = S::Response;
     type Error = BoxError;
@@ -580,6 +678,7 @@ where
             End::Error => Some(FaultKind::Error),
             End::Abort => Some(FaultKind::Abort),
             End::Hang => Some(FaultKind::Hang),
+            End::Corrupt => Some(FaultKind::Corrupt),
         };
         if let Some(fault) = kind {
             core.observer.emit(&Event::FaultInjected {
@@ -603,6 +702,12 @@ where
                 Err(Box::new(FaultError::aborted(&core.name))),
             ),
             End::Hang => ResponseFuture::hang(),
+            End::Corrupt => ResponseFuture::corrupt(
+                decision.delay,
+                self.inner.call(req),
+                self.policy.corruption.clone(),
+                core.random_u64(),
+            ),
         }
     }
 }
@@ -663,7 +768,8 @@ impl FaultHandle {
     }
 
     /// Set the rate of `kind` in percent; returns the previous one. Refused (nothing
-    /// changes) outside 0–100, or when error, abort and hang would exceed 100 together.
+    /// changes) outside 0–100, when error, abort, hang and corrupt would exceed 100
+    /// together, or for a corrupt rate above 0 on a layer built without a corruption.
     pub fn set_rate(&self, kind: FaultKind, percent: f64) -> Result<f64, ConfigError> {
         let mut previous = 0.0;
         self.0.update(|s| {
@@ -678,7 +784,7 @@ impl FaultHandle {
 
     /// Switch on exactly these kinds; the others inject nothing (their rates are kept).
     pub fn set_kinds(&self, kinds: impl IntoIterator<Item = FaultKind>) {
-        let mut enabled = [false; 4];
+        let mut enabled = [false; state::KINDS];
         for kind in kinds {
             enabled[kind.index()] = true;
         }

@@ -11,6 +11,9 @@ use crate::error::ConfigError;
 /// The splitmix64 increment: one step of [`Rng`].
 const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
 
+/// How many kinds of fault there are.
+pub(crate) const KINDS: usize = 5;
+
 /// A kind of fault the layer injects.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
@@ -26,24 +29,30 @@ pub enum FaultKind {
     Hang,
     /// Fail like a broken connection: [`FaultError::Aborted`](super::FaultError::Aborted).
     Abort,
+    /// Call the service and mangle its response with the configured
+    /// [`Corruption`](super::Corruption) (a truncated or garbled body, a dropped header).
+    Corrupt,
 }
 
 impl FaultKind {
     /// Every kind, in declaration order.
-    pub const ALL: [FaultKind; 4] = [
+    pub const ALL: [FaultKind; KINDS] = [
         FaultKind::Error,
         FaultKind::Latency,
         FaultKind::Hang,
         FaultKind::Abort,
+        FaultKind::Corrupt,
     ];
 
-    /// `"error"`, `"latency"`, `"hang"` or `"abort"`: a stable name for events and labels.
+    /// `"error"`, `"latency"`, `"hang"`, `"abort"` or `"corrupt"`: a stable name for
+    /// events and labels.
     pub const fn as_str(self) -> &'static str {
         match self {
             FaultKind::Error => "error",
             FaultKind::Latency => "latency",
             FaultKind::Hang => "hang",
             FaultKind::Abort => "abort",
+            FaultKind::Corrupt => "corrupt",
         }
     }
 
@@ -57,6 +66,7 @@ impl FaultKind {
             FaultKind::Latency => "latency_rate",
             FaultKind::Hang => "hang_rate",
             FaultKind::Abort => "abort_rate",
+            FaultKind::Corrupt => "corrupt_rate",
         }
     }
 }
@@ -71,11 +81,13 @@ impl std::fmt::Display for FaultKind {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Settings {
     /// Injection rate per kind in percent (0–100), indexed by [`FaultKind::index`].
-    pub(crate) rates: [f64; 4],
+    pub(crate) rates: [f64; KINDS],
     /// Which kinds are switched on; a kind switched off injects nothing whatever its rate.
-    pub(crate) enabled: [bool; 4],
+    pub(crate) enabled: [bool; KINDS],
     /// The delay of a latency fault: uniform in `[min, max]` (fixed when equal).
     pub(crate) latency: (Duration, Duration),
+    /// Whether a corruption is configured: without one the corrupt rate must stay 0.
+    pub(crate) can_corrupt: bool,
 }
 
 /// How a call ends after the optional delay.
@@ -86,6 +98,8 @@ pub(crate) enum End {
     Error,
     Abort,
     Hang,
+    /// The inner service answers, and its response is corrupted.
+    Corrupt,
 }
 
 /// The fault a call gets.
@@ -104,19 +118,27 @@ impl Settings {
         }
     }
 
-    /// Check a rate for `kind` (and that error, abort and hang together stay within 100 %).
+    /// Check a rate for `kind` (and that error, abort, hang and corrupt together stay
+    /// within 100 %, and that corruption has a corruption to apply).
     pub(crate) fn check_rate(&self, kind: FaultKind, percent: f64) -> Result<(), ConfigError> {
         check_range(kind, percent)?;
+        if kind == FaultKind::Corrupt && percent > 0.0 && !self.can_corrupt {
+            return Err(ConfigError::new(
+                kind.field(),
+                "needs a corruption to apply (FaultBuilder::corrupt or ::corruption)",
+            ));
+        }
         if kind != FaultKind::Latency {
             let mut rates = self.rates;
             rates[kind.index()] = percent;
             let exclusive = rates[FaultKind::Error.index()]
                 + rates[FaultKind::Abort.index()]
-                + rates[FaultKind::Hang.index()];
+                + rates[FaultKind::Hang.index()]
+                + rates[FaultKind::Corrupt.index()];
             if exclusive > 100.0 {
                 return Err(ConfigError::new(
                     kind.field(),
-                    "error_rate + abort_rate + hang_rate must not exceed 100",
+                    "error_rate + abort_rate + hang_rate + corrupt_rate must not exceed 100",
                 ));
             }
         }
@@ -129,6 +151,7 @@ impl Settings {
             check_range(kind, self.rates[kind.index()])?;
         }
         // Ranges first, so a rate over 100 is blamed on its own field.
+        self.check_rate(FaultKind::Corrupt, self.rates[FaultKind::Corrupt.index()])?;
         self.check_rate(FaultKind::Hang, self.rates[FaultKind::Hang.index()])?;
         check_latency(self.latency.0, self.latency.1)
     }
@@ -150,12 +173,15 @@ impl Settings {
         let error = self.rate(FaultKind::Error);
         let abort = error + self.rate(FaultKind::Abort);
         let hang = abort + self.rate(FaultKind::Hang);
+        let corrupt = hang + self.rate(FaultKind::Corrupt);
         let end = if roll < error {
             End::Error
         } else if roll < abort {
             End::Abort
         } else if roll < hang {
             End::Hang
+        } else if roll < corrupt {
+            End::Corrupt
         } else {
             End::Inner
         };
@@ -201,6 +227,41 @@ impl Rng {
         let mut state = self.0.fetch_add(GOLDEN, Ordering::Relaxed);
         next_random(&mut state)
     }
+
+    /// 64 random bits (for a corruption to draw from).
+    pub(crate) fn next_u64(&self) -> u64 {
+        mix64(
+            self.0
+                .fetch_add(GOLDEN, Ordering::Relaxed)
+                .wrapping_add(GOLDEN),
+        )
+    }
+}
+
+/// The splitmix64 output function.
+pub(crate) fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// A small splitmix64 generator of its own, for a corruption's choices: seeded by one
+/// number of the layer's sequence, so a seeded layer corrupts the same way every run.
+#[cfg(any(test, feature = "http"))]
+#[derive(Debug)]
+pub(crate) struct SplitMix(pub(crate) u64);
+
+#[cfg(any(test, feature = "http"))]
+impl SplitMix {
+    pub(crate) fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(GOLDEN);
+        mix64(self.0)
+    }
+
+    /// Uniform-enough in `[0, n)` for `n > 0` (the modulo bias is irrelevant here).
+    pub(crate) fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
 }
 
 /// A seed when none was configured: different per layer and per process.
@@ -222,11 +283,12 @@ pub(crate) fn bucket<K: Hash + ?Sized>(salt: u64, key: &K) -> u32 {
 mod tests {
     use super::*;
 
-    fn settings(rates: [f64; 4]) -> Settings {
+    fn settings(rates: [f64; KINDS]) -> Settings {
         Settings {
             rates,
-            enabled: [true; 4],
+            enabled: [true; KINDS],
             latency: (Duration::from_millis(10), Duration::from_millis(20)),
+            can_corrupt: true,
         }
     }
 
@@ -241,20 +303,22 @@ mod tests {
 
     #[test]
     fn exclusive_faults_split_one_roll_in_order() {
-        let s = settings([10.0, 0.0, 30.0, 20.0]);
+        let s = settings([10.0, 0.0, 30.0, 20.0, 15.0]);
         let mut rolls = [0.5, 0.05].into_iter();
         assert_eq!(s.decide(|| rolls.next().unwrap()).end, End::Error);
         let mut rolls = [0.5, 0.15].into_iter();
         assert_eq!(s.decide(|| rolls.next().unwrap()).end, End::Abort);
         let mut rolls = [0.5, 0.45].into_iter();
         assert_eq!(s.decide(|| rolls.next().unwrap()).end, End::Hang);
-        let mut rolls = [0.5, 0.6].into_iter();
+        let mut rolls = [0.5, 0.7].into_iter();
+        assert_eq!(s.decide(|| rolls.next().unwrap()).end, End::Corrupt);
+        let mut rolls = [0.5, 0.8].into_iter();
         assert_eq!(s.decide(|| rolls.next().unwrap()).end, End::Inner);
     }
 
     #[test]
     fn latency_is_drawn_in_its_range_and_disabled_kinds_inject_nothing() {
-        let mut s = settings([0.0, 100.0, 0.0, 0.0]);
+        let mut s = settings([0.0, 100.0, 0.0, 0.0, 0.0]);
         let mut rolls = [0.0, 0.5, 0.9].into_iter();
         let d = s.decide(|| rolls.next().unwrap());
         assert_eq!(d.delay, Some(Duration::from_millis(15)));
@@ -265,8 +329,19 @@ mod tests {
 
     #[test]
     fn rates_are_checked() {
-        let s = settings([50.0, 0.0, 0.0, 40.0]);
+        let mut s = settings([50.0, 0.0, 0.0, 40.0, 0.0]);
         assert!(s.check().is_ok());
+        assert_eq!(
+            s.check_rate(FaultKind::Corrupt, 20.0).unwrap_err().field(),
+            "corrupt_rate"
+        );
+        s.can_corrupt = false;
+        assert_eq!(
+            s.check_rate(FaultKind::Corrupt, 1.0).unwrap_err().field(),
+            "corrupt_rate"
+        );
+        assert!(s.check_rate(FaultKind::Corrupt, 0.0).is_ok());
+        s.can_corrupt = true;
         assert_eq!(
             s.check_rate(FaultKind::Hang, 20.0).unwrap_err().field(),
             "hang_rate"
@@ -283,6 +358,22 @@ mod tests {
                 .unwrap_err()
                 .field(),
             "latency_max"
+        );
+    }
+
+    #[test]
+    fn next_u64_follows_the_same_sequence() {
+        let rng = Rng::new(3);
+        let mut own = SplitMix(3);
+        for _ in 0..10 {
+            assert_eq!(rng.next_u64(), own.next());
+        }
+        // One number of either kind advances the sequence by one step.
+        let rng = Rng::new(3);
+        let _ = rng.next();
+        assert_eq!(
+            rng.next_u64(),
+            mix64(3u64.wrapping_add(GOLDEN.wrapping_mul(2)))
         );
     }
 

@@ -52,6 +52,7 @@ pub use body::ResponseBody;
 pub use buffered::BufferedBody;
 pub use layer::{RejectionResponse, RejectionResponseLayer, ResponseFuture};
 pub use response::StatusMap;
+pub(crate) use response::grpc_answer;
 pub(crate) use response::http_answer as answer_with_status;
 pub(crate) use response::rate_limit_fields;
 pub use verdict::Verdict;
