@@ -2,7 +2,9 @@
 # Loopback load test: the handler of benches/stack.rs served over TCP on 127.0.0.1, bare and
 # behind whole stacks, loaded by wrk from a second process. Prints requests/s, p99 latency,
 # each stack's throughput as a share of bare, and whether the target "a stack keeps ≥ 95 %
-# of bare throughput" is met.
+# of bare throughput" is met, plus the server's CPU time per request (user + system time of
+# the server process from /proc, divided by the requests answered: a figure that does not
+# depend on whether the server or the load generator was the bottleneck).
 #
 #   scripts/loopback.sh [seconds] [connections] [rounds] [stacks...]
 #
@@ -63,14 +65,21 @@ to_ms() { # wrk latency such as 812.00us, 1.23ms, 1.01s -> milliseconds
     printf "%.3f", n }'
 }
 
-declare -A rps p99
+tick=$(getconf CLK_TCK)
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$server_pid/stat"; }
+
+declare -A rps p99 cpu
 for round in $(seq "$rounds"); do
   for stack in "${stacks[@]}"; do
     start_server "$stack"
     url="http://127.0.0.1:$port/products"
     "${load_pin[@]}" wrk -t1 -c"$conns" -d2s "$url" >/dev/null
+    t0=$(cpu_ticks)
     out=$("${load_pin[@]}" wrk -t1 -c"$conns" -d"${seconds}s" --latency "$url")
+    t1=$(cpu_ticks)
     stop_server
+    n=$(awk '/requests in/ { print $1 }' <<<"$out")
+    c=$(awk -v t=$(( t1 - t0 )) -v hz="$tick" -v n="$n" 'BEGIN { printf "%.2f", t / hz * 1e6 / n }')
     r=$(sed -n 's/^Requests\/sec: *\([0-9.]*\).*/\1/p' <<<"$out")
     l=$(awk '$1 == "99%" { print $2 }' <<<"$out")
     if grep -q "Non-2xx" <<<"$out"; then
@@ -80,7 +89,8 @@ for round in $(seq "$rounds"); do
     fi
     rps[$stack]+="$r "
     p99[$stack]+="$(to_ms "$l") "
-    printf 'round %s %-8s %10s req/s  p99 %s\n' "$round" "$stack" "$r" "$l" >&2
+    cpu[$stack]+="$c "
+    printf 'round %s %-8s %10s req/s  p99 %-8s server CPU %s us/req\n' "$round" "$stack" "$r" "$l" "$c" >&2
   done
 done
 
@@ -89,7 +99,7 @@ median() { tr ' ' '\n' <<<"$1" | sed '/^$/d' | sort -g | awk '{ a[NR] = $1 } END
 echo
 echo "loopback: ${seconds} s x ${rounds} round(s) per stack, ${conns} connections, wrk -t1, ${pinning}"
 echo "median round per stack; target: a stack keeps >= 95 % of bare throughput"
-printf '%-8s %12s %10s %10s %8s\n' stack "req/s" "p99 (ms)" "vs bare" "target"
+printf '%-8s %12s %10s %10s %8s %14s\n' stack "req/s" "p99 (ms)" "vs bare" "target" "CPU us/req"
 bare_rps=$(median "${rps[bare]}")
 for stack in "${stacks[@]}"; do
   r=$(median "${rps[$stack]}")
@@ -100,5 +110,5 @@ for stack in "${stacks[@]}"; do
   else
     met=$(awk -v x="$ratio" 'BEGIN { print (x >= 0.95 ? "met" : "NOT met") }')
   fi
-  printf '%-8s %12.0f %10s %10s %8s\n' "$stack" "$r" "$l" "$ratio" "$met"
+  printf '%-8s %12.0f %10s %10s %8s %14s\n' "$stack" "$r" "$l" "$ratio" "$met" "$(median "${cpu[$stack]}")"
 done
