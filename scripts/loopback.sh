@@ -4,7 +4,8 @@
 # each stack's throughput as a share of bare, and whether the target "a stack keeps ≥ 95 %
 # of bare throughput" is met, plus the server's CPU time per request (user + system time of
 # the server process from /proc, divided by the requests answered: a figure that does not
-# depend on whether the server or the load generator was the bottleneck).
+# depend on whether the server or the load generator was the bottleneck) and the share of
+# bare throughput that implies for a server whose core is the bottleneck.
 #
 #   scripts/loopback.sh [seconds] [connections] [rounds] [stacks...]
 #
@@ -99,8 +100,9 @@ median() { tr ' ' '\n' <<<"$1" | sed '/^$/d' | sort -g | awk '{ a[NR] = $1 } END
 echo
 echo "loopback: ${seconds} s x ${rounds} round(s) per stack, ${conns} connections, wrk -t1, ${pinning}"
 echo "median round per stack; target: a stack keeps >= 95 % of bare throughput"
-printf '%-8s %12s %10s %10s %8s %14s\n' stack "req/s" "p99 (ms)" "vs bare" "target" "CPU us/req"
+printf '%-8s %10s %9s %8s %8s %11s %10s\n' stack "req/s" "p99 (ms)" "vs bare" "target" "CPU us/req" "CPU-bound"
 bare_rps=$(median "${rps[bare]}")
+bare_cpu=$(median "${cpu[bare]}")
 for stack in "${stacks[@]}"; do
   r=$(median "${rps[$stack]}")
   l=$(median "${p99[$stack]}")
@@ -110,5 +112,10 @@ for stack in "${stacks[@]}"; do
   else
     met=$(awk -v x="$ratio" 'BEGIN { print (x >= 0.95 ? "met" : "NOT met") }')
   fi
-  printf '%-8s %12.0f %10s %10s %8s %14s\n' "$stack" "$r" "$l" "$ratio" "$met" "$(median "${cpu[$stack]}")"
+  c=$(median "${cpu[$stack]}")
+  share=$(awk -v a="$bare_cpu" -v b="$c" 'BEGIN { printf "%.3f", a / b }')
+  printf '%-8s %10.0f %9s %8s %8s %11s %10s\n' "$stack" "$r" "$l" "$ratio" "$met" "$c" "$share"
 done
+echo
+echo "vs bare: median req/s over bare's. CPU-bound: bare's server CPU per request over the"
+echo "stack's, the share of bare throughput the stack would keep on a CPU-bound server."
