@@ -36,6 +36,13 @@
 //! - Rate limit clock: governor through tower_governor reads quanta's TSC clock; parapet
 //!   reads tokio's (so paused-time tests drive it), ≈ 20 ns more per read on this VM.
 //!
+//! - Neither stack has a bulkhead (DESIGN.md's recommended stack has none); the bulkheads
+//!   are compared layer by layer in `benches/peers.rs`.
+//!
+//! Build note: tower_governor's `axum` feature turns on axum's default features in every
+//! dev build of this crate (features unify), `original-uri` among them, so the router
+//! inserts an `OriginalUri` extension into every request. All three rows pay it.
+//!
 //! Run: `cargo bench --bench stack --features axum`.
 
 #[path = "common/stacks.rs"]
