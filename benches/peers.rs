@@ -14,6 +14,16 @@
 //!   needs a `Buffer` to compare, which measures the buffer: left out)
 //! - concurrency limit: parapet `BulkheadLayer` / tower `ConcurrencyLimit` /
 //!   tower-resilience bulkhead
+//! - retry (first attempt succeeds): parapet `RetryLayer` (default: retry budget; and
+//!   without budget) / tower-resilience retry (default: no budget)
+//! - fallback (inner succeeds): parapet `FallbackLayer::value` / tower-resilience
+//!   `FallbackLayer::value`
+//! - time limiter: tower-resilience `TimeLimiterLayer`, next to the timeout rows
+//! - cache hit (needs the `http` feature, on by default): an HTTP handler answering 200
+//!   with a 64-byte body, a prepared `GET` cloned per iteration (its cost is in
+//!   `cache/bare`); parapet `CacheLayer` (keyed by method and URI) / tower-resilience
+//!   `CacheLayer` keyed by the request's `Uri` (a clone of it per call), LRU, 10 000
+//!   entries, 60 s TTL. The entry is stored before measuring, so every iteration hits.
 //! - `two_threads/*`: breaker and limiter shared by two std threads, 10 000 calls each
 //!   per sample, time per call each thread sees.
 //!
@@ -32,7 +42,7 @@ use tower::{Layer, Service, ServiceExt};
 use tower_parapet::bulkhead::BulkheadLayer;
 use tower_parapet::circuit_breaker::CircuitBreakerLayer;
 use tower_parapet::rate_limit::Quota;
-use tower_parapet::{RateLimitLayer, TimeoutLayer};
+use tower_parapet::{FallbackLayer, RateLimitLayer, RetryLayer, TimeoutLayer};
 
 #[derive(Clone, Copy)]
 struct Echo;
@@ -58,12 +68,16 @@ fn echo_io()
 }
 
 macro_rules! bench_async {
-    ($group:expr, $rt:expr, $name:expr, $svc:expr) => {{
+    ($group:expr, $rt:expr, $name:expr, $svc:expr) => {
+        bench_async!($group, $rt, $name, $svc, 1u64)
+    };
+    ($group:expr, $rt:expr, $name:expr, $svc:expr, $req:expr) => {{
         let svc = $svc;
         $group.bench_function($name, |b| {
             b.to_async(&$rt).iter(|| {
                 let svc = svc.clone();
-                async move { black_box(svc.oneshot(black_box(1u64)).await.is_ok()) }
+                let req = $req;
+                async move { black_box(svc.oneshot(black_box(req)).await.is_ok()) }
             })
         });
     }};
@@ -93,6 +107,61 @@ fn per_layer(c: &mut Criterion) {
         rt,
         "timeout/tower",
         tower::timeout::TimeoutLayer::new(Duration::from_secs(1)).layer(Echo)
+    );
+    bench_async!(
+        g,
+        rt,
+        "timeout/tower_resilience_time_limiter",
+        tower_resilience::timelimiter::TimeLimiterLayer::builder()
+            .timeout_duration(Duration::from_secs(1))
+            .build()
+            .layer(echo_io())
+    );
+
+    // Retry: the first attempt succeeds.
+    bench_async!(
+        g,
+        rt,
+        "retry/parapet",
+        RetryLayer::builder()
+            .observer(())
+            .build()
+            .unwrap()
+            .layer(Echo)
+    );
+    bench_async!(
+        g,
+        rt,
+        "retry/parapet_no_budget",
+        RetryLayer::builder()
+            .no_budget()
+            .observer(())
+            .build()
+            .unwrap()
+            .layer(Echo)
+    );
+    bench_async!(
+        g,
+        rt,
+        "retry/tower_resilience",
+        tower_resilience::retry::RetryLayer::<u64, u64, std::io::Error>::builder()
+            .build()
+            .layer(echo_io())
+    );
+
+    // Fallback: the inner service succeeds, the fallback is not used.
+    bench_async!(
+        g,
+        rt,
+        "fallback/parapet",
+        FallbackLayer::value(0u64).observer(()).layer(Echo)
+    );
+    bench_async!(
+        g,
+        rt,
+        "fallback/tower_resilience",
+        tower_resilience::fallback::FallbackLayer::<u64, u64, std::io::Error>::value(0)
+            .layer(echo_io())
     );
 
     // Circuit breaker, closed.
@@ -169,7 +238,73 @@ fn per_layer(c: &mut Criterion) {
             .build()
             .layer(echo_io())
     );
+    #[cfg(feature = "http")]
+    cache::hits(&mut g, &rt);
     g.finish();
+}
+
+/// Cache hits on an HTTP handler: both caches hold the one entry asked for.
+#[cfg(feature = "http")]
+mod cache {
+    use super::*;
+    use bytes::Bytes;
+    use criterion::BenchmarkGroup;
+    use criterion::measurement::WallTime;
+    use http::{Request, Response};
+    use http_body_util::Full;
+    use tokio::runtime::Runtime;
+    use tower_parapet::CacheLayer;
+
+    #[derive(Clone, Copy)]
+    struct Handler;
+
+    impl Service<Request<Full<Bytes>>> for Handler {
+        type Response = Response<Full<Bytes>>;
+        type Error = Infallible;
+        type Future = Ready<Result<Self::Response, Infallible>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: Request<Full<Bytes>>) -> Self::Future {
+            let mut res = Response::new(Full::new(Bytes::from_static(&[b'x'; 64])));
+            res.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            ready(Ok(res))
+        }
+    }
+
+    pub(super) fn hits(g: &mut BenchmarkGroup<'_, WallTime>, rt: &Runtime) {
+        let req = Request::get("/products?page=1")
+            .body(Full::<Bytes>::default())
+            .unwrap();
+        bench_async!(g, *rt, "cache/bare", Handler, req.clone());
+
+        let parapet = CacheLayer::builder()
+            .ttl(Duration::from_secs(60))
+            .max_entries(10_000)
+            .observer(())
+            .build()
+            .unwrap()
+            .layer(Handler);
+        let peer = tower_resilience::cache::CacheLayer::builder()
+            .max_size(10_000)
+            .ttl(Duration::from_secs(60))
+            .key_extractor(|req: &Request<Full<Bytes>>| req.uri().clone())
+            .build()
+            .unwrap()
+            .layer(Handler);
+        // Store the entry in both before measuring.
+        rt.block_on(async {
+            assert!(parapet.clone().oneshot(req.clone()).await.is_ok());
+            assert!(peer.clone().oneshot(req.clone()).await.is_ok());
+        });
+        bench_async!(g, *rt, "cache/parapet_hit", parapet, req.clone());
+        bench_async!(g, *rt, "cache/tower_resilience_hit", peer, req.clone());
+    }
 }
 
 /// Two threads, `iters` calls each, each on its own current-thread runtime, through

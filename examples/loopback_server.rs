@@ -1,0 +1,126 @@
+//! The handler of `benches/stack.rs` served over TCP, bare or behind a whole stack, for
+//! the loopback load test (`scripts/loopback.sh` puts `wrk` in front of it).
+//!
+//! ```sh
+//! cargo run --release --example loopback_server --features axum -- --port 8080 --stack parapet
+//! ```
+//!
+//! - `--port P`: listen on 127.0.0.1:P and serve until killed (or for `--seconds S`).
+//! - `--stack bare|parapet|peers`: the router alone, parapet's recommended stack, or the
+//!   closest stack assembled from tower-http, tower_governor and tower-resilience (the
+//!   stacks are in `benches/common/stacks.rs`; its top comment lists their layers).
+//! - `--threads N`: tokio worker threads (default 1: the script pins the server to one
+//!   core and the load generator to the other).
+//!
+//! Without `--port` it serves nothing for long: it starts each stack on an ephemeral port,
+//! sends one request to each over TCP, prints the answers and exits (a smoke check).
+
+#[path = "../benches/common/stacks.rs"]
+mod stacks;
+
+use std::time::Duration;
+
+use axum::Router;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+struct Args {
+    port: Option<u16>,
+    stack: String,
+    threads: usize,
+    seconds: Option<u64>,
+}
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: loopback_server [--port P] [--stack bare|parapet|peers] [--threads N] [--seconds S]"
+    );
+    std::process::exit(2)
+}
+
+fn parse_args() -> Args {
+    let mut args = Args {
+        port: None,
+        stack: "parapet".to_owned(),
+        threads: 1,
+        seconds: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().unwrap_or_else(|| usage());
+        match flag.as_str() {
+            "--port" => args.port = Some(value.parse().unwrap_or_else(|_| usage())),
+            "--stack" => args.stack = value,
+            "--threads" => args.threads = value.parse().unwrap_or_else(|_| usage()),
+            "--seconds" => args.seconds = Some(value.parse().unwrap_or_else(|_| usage())),
+            _ => usage(),
+        }
+    }
+    args
+}
+
+fn router(stack: &str) -> Router {
+    match stack {
+        "bare" => stacks::routes(),
+        "parapet" => stacks::parapet_stack(),
+        "peers" => stacks::peer_stack(),
+        _ => usage(),
+    }
+}
+
+/// One `GET /products` over a fresh connection; the status line and the body.
+async fn get_once(port: u16) -> std::io::Result<String> {
+    let mut conn = TcpStream::connect(("127.0.0.1", port)).await?;
+    conn.write_all(b"GET /products HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
+        .await?;
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).await?;
+    let status = answer.lines().next().unwrap_or_default().to_owned();
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+    Ok(format!("{status} {body}"))
+}
+
+async fn smoke_check() {
+    for stack in ["bare", "parapet", "peers"] {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, router(stack)).await.unwrap();
+        });
+        let answer = tokio::time::timeout(Duration::from_secs(5), get_once(port))
+            .await
+            .expect("answered within 5 s")
+            .expect("answered");
+        println!("{stack:>8}: {answer}");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{stack}: {answer}");
+        server.abort();
+    }
+}
+
+fn main() {
+    let args = parse_args();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.threads.max(1))
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let Some(port) = args.port else {
+            smoke_check().await;
+            return;
+        };
+        let app = router(&args.stack);
+        let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        eprintln!(
+            "serving {} on 127.0.0.1:{port} ({} worker thread(s))",
+            args.stack, args.threads
+        );
+        let serve = axum::serve(listener, app);
+        match args.seconds {
+            Some(s) => {
+                let _ = tokio::time::timeout(Duration::from_secs(s), serve).await;
+            }
+            None => serve.await.unwrap(),
+        }
+    });
+}
