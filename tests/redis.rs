@@ -65,6 +65,25 @@ fn counting(
     })
 }
 
+/// Probe until `backend` answers again after an outage: each probe is bounded by the
+/// backend's timeout, with a 10 ms pause between failed ones (the server process needs
+/// real time to come back). Returns how many probes it took.
+async fn until_up<Fut: std::future::Future<Output = ()>>(
+    backend: &RedisBackend,
+    mut probe: impl FnMut(u32) -> Fut,
+) -> u32 {
+    let mut attempts = 0;
+    while !backend.is_up() {
+        attempts += 1;
+        assert!(attempts < 500, "no recovery after {attempts} attempts");
+        probe(attempts).await;
+        if !backend.is_up() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    attempts
+}
+
 fn rejection(err: &BoxError) -> Option<&Rejection> {
     Rejection::from_box(err)
 }
@@ -341,15 +360,13 @@ async fn redis_killed_and_restarted_mid_traffic() {
     server.restart();
     // The connection comes back by itself: poll (each attempt bounded) until a check is
     // answered by Redis again.
-    let mut attempts = 0;
-    while !backend.is_up() {
-        attempts += 1;
-        assert!(attempts < 500, "no recovery after {attempts} attempts");
-        call(attempts).await.unwrap();
-        if !backend.is_up() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+    let attempts = until_up(&backend, |n| {
+        let call = call(n);
+        async move {
+            call.await.unwrap();
         }
-    }
+    })
+    .await;
     assert_eq!(seen.count("backend/backend_recovered"), 1);
     let during = seen.count("rate_limit/fail_open");
     for n in 0..20 {
@@ -885,15 +902,14 @@ async fn health_shows_the_backend_and_recovers_with_it() {
     assert!(snapshot.backends[0].last_error.is_some());
 
     server.restart();
-    let mut attempts = 0;
-    while !registry.snapshot().ready {
-        attempts += 1;
-        assert!(attempts < 500, "no recovery");
-        svc.ready().await.unwrap().call(3).await.unwrap();
-        if !backend.is_up() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+    until_up(&backend, |_| {
+        let svc = svc.clone();
+        async move {
+            svc.oneshot(3).await.unwrap();
         }
-    }
+    })
+    .await;
+    assert!(registry.snapshot().ready);
     assert_eq!(registry.snapshot().backends[0].consecutive_failures, 0);
 }
 
@@ -948,14 +964,12 @@ async fn a_hung_redis_costs_at_most_the_timeout() {
     assert_eq!(outcomes, [true, false, true, true, false]);
     assert_eq!(seen.count("backend/backend_down"), 1);
     server.thaw();
-    let mut attempts = 0;
-    while !backend.is_up() {
-        attempts += 1;
-        assert!(attempts < 500, "no recovery");
-        let _ = open.clone().oneshot(9).await;
-        if !backend.is_up() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+    until_up(&backend, |_| {
+        let open = open.clone();
+        async move {
+            let _ = open.oneshot(9).await;
         }
-    }
+    })
+    .await;
     assert_eq!(seen.count("backend/backend_recovered"), 1);
 }

@@ -6,7 +6,6 @@ use std::time::Duration;
 use super::model::FlagSet;
 use super::store::FlagStore;
 use crate::error::ConfigError;
-use crate::observe::Event;
 
 /// Why a flag file could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -153,18 +152,7 @@ impl FileSource {
     }
 
     fn report(&self, store: &FlagStore, result: &Result<usize, FlagFileError>) {
-        match result {
-            Ok(flags) => store.observer().emit(&Event::FlagSourceReloaded {
-                name: store.name(),
-                source: &self.label,
-                flags: *flags,
-            }),
-            Err(error) => store.observer().emit(&Event::FlagSourceFailed {
-                name: store.name(),
-                source: &self.label,
-                error,
-            }),
-        }
+        store.report_source(&self.label, result.as_ref().map(|n| *n).map_err(|e| e as _));
     }
 
     /// Read the file once and apply it; returns how many flags it defines. On error the

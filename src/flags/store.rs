@@ -160,6 +160,31 @@ impl FlagStore {
     }
 
     #[cfg_attr(not(feature = "flag-files"), allow(dead_code))]
+    /// Tell the observer how a load from `source` went: how many flags it defines, or why
+    /// it was refused (the last good flags stay).
+    pub(crate) fn report_source(
+        &self,
+        source: &str,
+        result: Result<usize, &(dyn std::error::Error + 'static)>,
+    ) {
+        match result {
+            Ok(flags) => self
+                .observer()
+                .emit(&crate::observe::Event::FlagSourceReloaded {
+                    name: self.name(),
+                    source,
+                    flags,
+                }),
+            Err(error) => self
+                .observer()
+                .emit(&crate::observe::Event::FlagSourceFailed {
+                    name: self.name(),
+                    source,
+                    error,
+                }),
+        }
+    }
+
     pub(crate) fn observer(&self) -> &SharedObserver {
         &self.inner.observer
     }

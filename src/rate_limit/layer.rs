@@ -191,6 +191,25 @@ impl Shared {
         }
     }
 
+    /// Emit the refusal event of quota `quota` (or, in shadow mode, the would-have one).
+    pub(super) fn report_refusal<Key: fmt::Debug>(
+        &self,
+        class: &'static str,
+        key: Option<&Key>,
+        quota: usize,
+        wait: Duration,
+        shadow: bool,
+    ) {
+        self.spec.observer.emit(&Event::RateLimited {
+            name: &self.spec.name,
+            class,
+            key: key.map(|k| k as &dyn fmt::Debug),
+            policy: self.quotas.quota(quota).name(),
+            retry_after: wait,
+            shadow,
+        });
+    }
+
     pub(super) fn may_wait(&self, wait: Duration) -> bool {
         wait <= self.spec.max_wait && !self.spec.max_wait.is_zero()
     }
@@ -643,14 +662,7 @@ where
                     );
                 }
                 let shadow = mode == Mode::Shadow;
-                spec.observer.emit(&Event::RateLimited {
-                    name: &spec.name,
-                    class,
-                    key: key.as_ref().map(|k| k as &dyn fmt::Debug),
-                    policy: shared.quotas.quota(quota).name(),
-                    retry_after: wait,
-                    shadow,
-                });
+                shared.report_refusal(class, key.as_ref(), quota, wait, shadow);
                 if shadow {
                     return ResponseFuture::called(
                         self.inner.call(req),

@@ -300,16 +300,8 @@ where
             let info = match verdict {
                 Verdict::Admitted(info) => info,
                 Verdict::Refused { quota, wait, info } => {
-                    let spec = &shared.spec;
                     let shadow = mode == Mode::Shadow;
-                    spec.observer.emit(&Event::RateLimited {
-                        name: &spec.name,
-                        class,
-                        key: key.as_ref().map(|k| k as &dyn fmt::Debug),
-                        policy: shared.quotas.quota(quota).name(),
-                        retry_after: wait,
-                        shadow,
-                    });
+                    shared.report_refusal(class, key.as_ref(), quota, wait, shadow);
                     if !shadow {
                         return Err(Rejection::rate_limited(wait, Some(*info)).boxed());
                     }

@@ -174,18 +174,7 @@ impl RedisFlagSource {
             }
             Err(e) => Err(e),
         };
-        match &result {
-            Ok(flags) => store.observer().emit(&Event::FlagSourceReloaded {
-                name: store.name(),
-                source: &self.label,
-                flags: *flags,
-            }),
-            Err(error) => store.observer().emit(&Event::FlagSourceFailed {
-                name: store.name(),
-                source: &self.label,
-                error,
-            }),
-        }
+        store.report_source(&self.label, result.as_ref().map(|n| *n).map_err(|e| e as _));
         result
     }
 
