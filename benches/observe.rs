@@ -63,6 +63,14 @@ fn events(c: &mut Criterion) {
     });
     #[cfg(feature = "metrics")]
     {
+        // The facade's own floor: one counter through the `metrics` macro, as any
+        // library using the facade would record it, with no recorder installed.
+        group.bench_function("metrics/facade_counter_macro_no_recorder", |b| {
+            b.iter(|| {
+                metrics::counter!("parapet_events_total", "layer" => "circuit_breaker", "name" => "inventory", "outcome" => "rejected")
+                    .increment(1)
+            })
+        });
         let metrics_observer = MetricsObserver::default();
         group.bench_function("metrics/no_recorder", |b| {
             b.iter(|| metrics_observer.on_event(black_box(&e)))
