@@ -634,6 +634,80 @@ mod idempotency {
         assert_eq!(redis_store.renewing(), 0);
     }
 
+    /// Redis stalls while a claim is on its way: the claim lands after the backend gave
+    /// up (503, "nothing ran"). The claim must not lock the key for a whole lease: the
+    /// store frees it by its token, and the client's retry runs.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_claim_that_timed_out_does_not_lock_the_key() {
+        let Some(server) = RedisServer::start() else {
+            return;
+        };
+        let prefix = format!("idem{}", server.port());
+        let backend = RedisBackend::builder(server.url())
+            .prefix(prefix)
+            .timeout(Duration::from_millis(100))
+            .build()
+            .unwrap();
+        let (gated, open) = Gated::new();
+        open.send_replace(true);
+        let svc = IdempotencyLayer::new()
+            .store(RedisIdempotencyStore::new(backend))
+            .layer(gated.service());
+        // Warm the connection and the script cache.
+        svc.clone().oneshot(pay("warm-up")).await.unwrap();
+        let admin = redis::Client::open(server.url()).unwrap();
+        let mut admin = admin.get_multiplexed_async_connection().await.unwrap();
+        let _: () = redis::cmd("CLIENT")
+            .arg("PAUSE")
+            .arg(400)
+            .arg("ALL")
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        let err = svc.clone().oneshot(pay("order-6")).await.unwrap_err();
+        assert!(
+            matches!(
+                Rejection::from_box(&err),
+                Some(Rejection::Overloaded { .. })
+            ),
+            "{err}"
+        );
+        // Answered once the pause is over (commands queue behind it, in order: the late
+        // claim, then its release).
+        let _: String = redis::cmd("PING").query_async(&mut admin).await.unwrap();
+        let mut attempts = 0;
+        let res = loop {
+            attempts += 1;
+            match svc.clone().oneshot(pay("order-6")).await {
+                Ok(res) => break res,
+                Err(e) => {
+                    // While the connection recovers and the release lands (it retries
+                    // every 50 ms), a retry may still be told 503 or "in flight"; the lease
+                    // is 60 s, so a second of that is the store freeing the key, not the
+                    // lease.
+                    assert!(
+                        matches!(
+                            Rejection::from_box(&e),
+                            Some(
+                                Rejection::Overloaded { .. }
+                                    | Rejection::IdempotencyInFlight { .. }
+                            )
+                        ),
+                        "the retry was refused with {e}"
+                    );
+                    assert!(attempts < 50, "the key stayed locked: {e}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        };
+        assert_eq!(res.status(), StatusCode::CREATED);
+        assert_eq!(
+            gated.calls.load(Ordering::SeqCst),
+            2,
+            "warm-up and the retry"
+        );
+    }
+
     /// Redis unreachable: fail closed answers 503 at once (nothing ran), fail open runs the
     /// handler unguarded; both emit the policy event.
     #[tokio::test]

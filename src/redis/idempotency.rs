@@ -61,6 +61,9 @@ static COMPLETE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(COMPLETE
 static RELEASE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE));
 static RENEW_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RENEW));
 
+/// The most headers (or trailers) a stored response may have.
+const MAX_HEADERS: usize = 8_192;
+
 /// Format version of the values this store writes.
 const VERSION: u8 = 1;
 
@@ -213,6 +216,10 @@ impl RedisIdempotencyStore {
             renewals.invalidate(&token.0);
         });
         self.inner.renewals.insert(token.0, task.abort_handle());
+        // A task that already ended (a tiny `max_hold`) removed nothing: remove it here.
+        if task.is_finished() {
+            self.inner.renewals.invalidate(&token.0);
+        }
     }
 }
 
@@ -329,8 +336,10 @@ fn decode_headers(buf: &mut &[u8]) -> Option<HeaderMap> {
         return None;
     }
     let count = buf.get_u32() as usize;
-    // Each header takes at least 6 bytes: a count past what the value holds is corrupt.
-    if count > buf.len() / 6 {
+    // Each header takes at least 6 bytes: a count past what the value holds is corrupt,
+    // and one past `MAX_HEADERS` is not a response this store wrote (a `HeaderMap` that
+    // large would panic).
+    if count > buf.len() / 6 || count > MAX_HEADERS {
         return None;
     }
     let mut headers = HeaderMap::with_capacity(count);
@@ -393,12 +402,24 @@ impl IdempotencyStore for RedisIdempotencyStore {
             let claim = claim_value(token, fingerprint);
             let keys = [self.key(key)];
             let args = [Arg::Bytes(&claim), Arg::Int(millis(lease))];
+            // Until Redis's answer is read, the claim may have been taken without anyone
+            // knowing (the answer came after the timeout, or the request was dropped
+            // meanwhile): the guard then frees it by its token, so a retry is not told
+            // "in flight" for a whole lease.
+            let mut unknown = Unclaim {
+                store: self,
+                key,
+                token,
+                lease,
+                armed: true,
+            };
             let held: Option<Vec<u8>> = self
                 .inner
                 .backend
                 .eval(&CLAIM_SCRIPT, &keys, &args)
                 .await
                 .map_err(store_error)?;
+            unknown.armed = false;
             let Some(value) = held else {
                 let [key] = keys;
                 self.start_renewing(key, token, lease);
@@ -455,21 +476,60 @@ impl IdempotencyStore for RedisIdempotencyStore {
 
     fn release(&self, key: &RecordKey, token: ClaimToken) {
         self.stop_renewing(token);
+        self.spawn_release(key, token, RELEASE_WINDOW);
+    }
+}
+
+/// How long a release keeps trying while Redis does not answer (past it, the lease frees
+/// the key).
+const RELEASE_WINDOW: Duration = Duration::from_secs(10);
+
+impl RedisIdempotencyStore {
+    /// Free the claim `token` on a task, trying again (every 50 ms) while Redis does not
+    /// answer, for at most `window`. Without a runtime nothing is done: the lease frees
+    /// the key.
+    fn spawn_release(&self, key: &RecordKey, token: ClaimToken, window: Duration) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
         let backend = self.inner.backend.clone();
         let keys = [self.key(key)];
         runtime.spawn(async move {
+            let until = tokio::time::Instant::now() + window;
             let prefix = claim_prefix(token);
             let args = [Arg::Bytes(&prefix)];
-            let _ = backend.eval::<i64>(&RELEASE_SCRIPT, &keys, &args).await;
+            while backend
+                .eval::<i64>(&RELEASE_SCRIPT, &keys, &args)
+                .await
+                .is_err()
+                && tokio::time::Instant::now() < until
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         });
     }
 }
 
 /// Resolves when `key` no longer holds `claim` (completed, released, expired, or taken
 /// over), or when its lease would have ended, or when Redis cannot be asked.
+/// Frees a claim whose outcome is unknown, when dropped armed.
+struct Unclaim<'a> {
+    store: &'a RedisIdempotencyStore,
+    key: &'a RecordKey,
+    token: ClaimToken,
+    lease: Duration,
+    armed: bool,
+}
+
+impl Drop for Unclaim<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            // Past the lease the claim, if it landed, has expired anyway.
+            self.store.spawn_release(self.key, self.token, self.lease);
+        }
+    }
+}
+
 async fn wait_for_end(
     backend: RedisBackend,
     key: String,
@@ -479,12 +539,12 @@ async fn wait_for_end(
 ) {
     let until = tokio::time::Instant::now() + lease;
     loop {
-        if tokio::time::timeout_at(until, tokio::time::sleep(every))
-            .await
-            .is_err()
-        {
+        let now = tokio::time::Instant::now();
+        if now >= until {
             return;
         }
+        // At least one look, even when the lease is shorter than the interval.
+        tokio::time::sleep_until((now + every).min(until)).await;
         let now: Result<Option<Vec<u8>>, _> = backend
             .run(|mut conn| {
                 let key = key.clone();
@@ -546,6 +606,21 @@ mod tests {
         let mut longer = bytes.clone();
         longer.push(0);
         assert!(decode(&longer).is_err(), "trailing garbage");
+    }
+
+    #[test]
+    fn a_huge_header_count_is_an_error_not_a_panic() {
+        // 30 000 headers of 6 bytes each: enough bytes to pass the length check, more
+        // headers than a `HeaderMap` can hold.
+        let mut v = vec![b'R', VERSION];
+        v.extend_from_slice(&[0; 32]);
+        v.extend_from_slice(&200u16.to_be_bytes());
+        v.push(2);
+        v.extend_from_slice(&30_000u32.to_be_bytes());
+        for _ in 0..30_000 {
+            v.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+        }
+        assert!(decode(&v).is_err());
     }
 
     proptest! {
