@@ -975,15 +975,16 @@ async fn health_shows_the_backend_and_recovers_with_it() {
     assert!(!snapshot.backends[0].up);
     assert!(snapshot.backends[0].last_error.is_some());
 
+    // Back without any request: an unready replica gets no traffic, so the backend's own
+    // probe (a PING every 500 ms while down) must bring it back.
     server.restart();
-    until_up(&backend, |_| {
-        let svc = svc.clone();
-        async move {
-            svc.oneshot(3).await.unwrap();
-        }
-    })
-    .await;
-    assert!(registry.snapshot().ready);
+    let mut polls = 0;
+    while !registry.snapshot().ready {
+        polls += 1;
+        assert!(polls < 200, "still not ready 10 s after Redis returned");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    svc.ready().await.unwrap().call(3).await.unwrap();
     assert_eq!(registry.snapshot().backends[0].consecutive_failures, 0);
 }
 

@@ -261,11 +261,11 @@ impl RedisBackend {
             Ok(result) => result,
             Err(_) => Err(BackendError::Timeout(self.inner.timeout)),
         };
+        // Every error counts: besides a broken connection or a timeout, a Redis that
+        // answers `READONLY`, `LOADING`, `OOM`, `MASTERDOWN` or `NOAUTH` cannot serve the
+        // layers either (the scripts themselves never answer an error).
         match &result {
             Ok(_) => self.succeeded(),
-            // An error Redis answered on purpose (a script's error reply) still shows that
-            // it is up; only transport failures and timeouts mean it is down.
-            Err(BackendError::Redis(e)) if !is_transport(e) => self.succeeded(),
             Err(e) => self.failed(e),
         }
         result
@@ -296,38 +296,82 @@ impl RedisBackend {
 
     fn succeeded(&self) {
         self.inner.consecutive.store(0, Ordering::Relaxed);
-        if !self.inner.up.swap(true, Ordering::AcqRel) {
-            let since = self
+        // The common case, up and staying up, takes no lock.
+        if self.inner.up.load(Ordering::Acquire) {
+            return;
+        }
+        // Transitions happen under the lock, so `down_since` always belongs to the
+        // outage being ended; the event is emitted after it is released.
+        let down_for = {
+            let mut since = self
                 .inner
                 .down_since
                 .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take();
-            self.inner.observer.emit(&Event::BackendRecovered {
-                name: &self.inner.name,
-                backend: "redis",
-                down_for: since.map_or(Duration::ZERO, |s| s.elapsed()),
-            });
-        }
+                .unwrap_or_else(|p| p.into_inner());
+            if self.inner.up.swap(true, Ordering::AcqRel) {
+                return;
+            }
+            since.take().map_or(Duration::ZERO, |s| s.elapsed())
+        };
+        self.inner.observer.emit(&Event::BackendRecovered {
+            name: &self.inner.name,
+            backend: "redis",
+            down_for,
+        });
     }
 
     fn failed(&self, error: &BackendError) {
         self.inner.consecutive.fetch_add(1, Ordering::Relaxed);
         self.inner.failures.fetch_add(1, Ordering::Relaxed);
         let text = error.to_string();
-        if self.inner.up.swap(false, Ordering::AcqRel) {
-            *self
+        self.inner.last_error.store(Some(Arc::new(text.clone())));
+        let went_down = {
+            let mut since = self
                 .inner
                 .down_since
                 .lock()
-                .unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
+                .unwrap_or_else(|p| p.into_inner());
+            let was_up = self.inner.up.swap(false, Ordering::AcqRel);
+            if was_up {
+                *since = Some(std::time::Instant::now());
+            }
+            was_up
+        };
+        if went_down {
             self.inner.observer.emit(&Event::BackendDown {
                 name: &self.inner.name,
                 backend: "redis",
                 error: &text,
             });
+            self.probe_until_up();
         }
-        self.inner.last_error.store(Some(Arc::new(text)));
+    }
+
+    /// While down, `PING` every 500 ms on a task (when a runtime is there), so the state
+    /// and health recover even when no request calls Redis (a replica taken out of
+    /// rotation for a critical backend gets no traffic to find out). The task holds the
+    /// backend weakly and ends when it is up again or dropped.
+    fn probe_until_up(&self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let weak = Arc::downgrade(&self.inner);
+        runtime.spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let Some(inner) = weak.upgrade() else { return };
+                let backend = RedisBackend { inner };
+                if backend.is_up() {
+                    return;
+                }
+                let _ = backend
+                    .run(|mut conn| async move {
+                        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+                        Ok(())
+                    })
+                    .await;
+            }
+        });
     }
 }
 
@@ -345,12 +389,4 @@ impl ToRedisArgs for Arg<'_> {
             Arg::Bytes(b) => b.write_redis_args(out),
         }
     }
-}
-
-fn is_transport(e: &redis::RedisError) -> bool {
-    e.is_io_error()
-        || e.is_connection_dropped()
-        || e.is_connection_refusal()
-        || e.is_timeout()
-        || e.is_unrecoverable_error()
 }
