@@ -226,6 +226,37 @@ async fn several_quotas_are_all_or_nothing() {
     assert_eq!(more, 8);
 }
 
+/// Limiters of the same (default) name but different quotas keep separate budgets; the
+/// same name and the same quota share one.
+#[tokio::test]
+async fn budgets_are_shared_by_name_and_quota_only() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let seen = Seen::default();
+    let backend = backend(&server.url(), &seen);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let layer = |quota| {
+        RateLimitLayer::new(quota)
+            .shared(backend.clone())
+            .layer(counting(calls.clone()))
+    };
+    let (strict, loose, strict_again) = (
+        layer(Quota::per_hour(1)),
+        layer(Quota::per_hour(100)),
+        layer(Quota::per_hour(1)),
+    );
+    strict.clone().oneshot(1).await.unwrap();
+    assert!(strict.oneshot(2).await.is_err());
+    for n in 0..10 {
+        loose.clone().oneshot(n).await.unwrap();
+    }
+    assert!(
+        strict_again.oneshot(3).await.is_err(),
+        "the same name and quota is one budget"
+    );
+}
+
 #[tokio::test]
 async fn weights_take_several_units() {
     let Some(server) = RedisServer::start() else {

@@ -25,7 +25,8 @@ use crate::redis::{Arg, BackendError, FailurePolicy, RedisBackend};
 /// skewed clocks agree). `KEYS[i]`: quota `i`'s theoretical arrival time, in microseconds
 /// since the epoch. `ARGV[1]`: the weight; `ARGV[2i]`, `ARGV[2i+1]`: quota `i`'s emission
 /// interval (µs) and burst. Answers `{1, quota, remaining, reset_us}` for the tightest
-/// quota when admitted, `{0, quota, 0, wait_us}` when a quota refuses (nothing is taken).
+/// quota when admitted (reset as the in-process limiter counts it: the used cells times the
+/// interval), `{0, quota, 0, wait_us}` when a quota refuses (nothing is taken).
 const GCRA: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -46,7 +47,7 @@ for i = 1, #KEYS do
   tats[i] = new_tat
   local left = math.floor((now + burst * interval - new_tat) / interval)
   if best_left < 0 or left < best_left then
-    best, best_left, best_reset = i, left, new_tat - now
+    best, best_left, best_reset = i, left, (burst - left) * interval
   end
 end
 for i = 1, #KEYS do
@@ -70,8 +71,14 @@ const MAX_KEY_TEXT: usize = 128;
 ///   SHA-1; loaded once on `NOSCRIPT`). Several quotas are checked together: either all
 ///   admit or none is charged.
 /// - **Redis's clock.** Time is read with Redis's `TIME` inside the script, so replicas
-///   whose clocks disagree still share one schedule. Intervals are whole microseconds:
-///   quotas faster than 1 000 000 per second per key are not supported.
+///   whose clocks disagree still share one schedule. Intervals are whole microseconds,
+///   rounded up (never looser than configured): a quota faster than 1 000 000 per second
+///   per key is not supported, and one close to it is rounded (600 000/s becomes
+///   500 000/s).
+/// - **Shared by name and quota.** A quota's state in Redis is named by the limiter's
+///   name, the key and the quota's interval and burst: every instance's limiter of the
+///   same name shares each quota it has; limiters of different names, or different
+///   quotas, never do. Name your limiters (the default name is `rate_limit`).
 /// - **Tolerance.** Exact: the combined admissions of all instances never exceed
 ///   quota + burst in any window, because every check is one atomic script.
 /// - **No waiting.** [`max_wait`](RateLimitLayer::max_wait) is ignored: a refused request
@@ -136,7 +143,9 @@ impl<K, W, H> RedisRateLimitLayer<K, W, H> {
             .quotas()
             .iter()
             .map(|q| {
-                let micros = i64::try_from(q.interval().as_micros()).unwrap_or(i64::MAX);
+                // Rounded up: the distributed quota is never looser than the configured one.
+                let nanos = q.interval().as_nanos();
+                let micros = i64::try_from(nanos.div_ceil(1_000)).unwrap_or(i64::MAX);
                 (micros.max(1), i64::from(q.burst_size()))
             })
             .collect();
@@ -317,13 +326,13 @@ where
     }
 }
 
-/// The Redis key of `key` under `name`: `prefix:rl:{name:key}:i` (one hash slot for all
-/// of a key's quotas).
+/// The Redis keys of `key` under `name`, one per quota:
+/// `prefix:rl:{name:key}:<interval>us<burst>` (one hash slot for all of a key's quotas).
 fn redis_keys<Key: fmt::Debug>(
     backend: &RedisBackend,
     name: &str,
     key: Option<&Key>,
-    quotas: usize,
+    quotas: &[(i64, i64)],
 ) -> Vec<String> {
     let text = match key {
         Some(key) => {
@@ -338,8 +347,11 @@ fn redis_keys<Key: fmt::Debug>(
         None => "*".to_owned(),
     };
     let tag = format!("{{{name}:{text}}}");
-    (0..quotas)
-        .map(|i| backend.key(&["rl", &tag, &i.to_string()]))
+    // Each quota's state is named by its interval and burst: limiters of one name share a
+    // budget only for a quota they both have (the same quota, the same key).
+    quotas
+        .iter()
+        .map(|(interval, burst)| backend.key(&["rl", &tag, &format!("{interval}us{burst}")]))
         .collect()
 }
 
@@ -350,7 +362,7 @@ async fn check<Key: fmt::Debug>(
     weight: u32,
     want_info: bool,
 ) -> Result<Verdict, BackendError> {
-    let keys = redis_keys(&remote.backend, &shared.spec.name, key, remote.args.len());
+    let keys = redis_keys(&remote.backend, &shared.spec.name, key, &remote.args);
     let mut args = Vec::with_capacity(1 + 2 * remote.args.len());
     args.push(Arg::Int(i64::from(weight)));
     for &(interval, burst) in &remote.args {
