@@ -928,7 +928,9 @@ async fn redis_restarted_mid_run_policies_then_recovery() {
     }
     let recovered_after = started.elapsed();
     let (after, slow_after) = run("after").await;
-    // Flags follow Redis again: the restarted Redis is empty, so write the switch anew.
+    // The restarted Redis is empty: the flags stayed (an emptied Redis is not taken for
+    // "no flags"). Flags follow Redis again once written anew.
+    let flag_after_restart = flags.get("payments").is_some_and(|d| d.enabled);
     source
         .put(
             "payments",
@@ -940,7 +942,7 @@ async fn redis_restarted_mid_run_policies_then_recovery() {
         .await
         .unwrap();
     let mut waited = 0;
-    while flags.is_enabled("payments", &ctx) {
+    while !flags.get("payments").is_some_and(|d| !d.enabled) {
         waited += 1;
         assert!(waited < 500, "the watcher did not resubscribe");
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -988,6 +990,10 @@ async fn redis_restarted_mid_run_policies_then_recovery() {
             ),
             ("after: 201", count(&after, 201).to_string()),
             ("flag kept while Redis was away", flag_kept.to_string()),
+            (
+                "flag kept after an empty restart",
+                flag_after_restart.to_string(),
+            ),
             ("kill switch after recovery", killed.as_u16().to_string()),
         ],
     );
@@ -1004,6 +1010,10 @@ async fn redis_restarted_mid_run_policies_then_recovery() {
     assert_eq!(events.get("backend/backend_recovered"), 1);
     assert_eq!(count(&after, 201), PER_PHASE);
     assert!(flag_kept, "the last flags stay while Redis is away");
+    assert!(
+        flag_after_restart,
+        "an emptied Redis does not switch flags off"
+    );
     assert_eq!(killed, StatusCode::NOT_FOUND);
     assert_eq!(
         charges.load(Ordering::SeqCst),

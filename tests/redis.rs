@@ -795,6 +795,11 @@ mod flags {
         let store = FlagStore::with_observer(name.to_owned(), move |e: &Event<'_>| {
             let what = match e {
                 Event::FlagChanged { flag, .. } => format!("changed:{flag}"),
+                Event::FlagSourceFailed { error, .. }
+                    if error.to_string().contains("never written") =>
+                {
+                    "missing".to_owned()
+                }
                 Event::FlagSourceFailed { .. } => "source_failed".to_owned(),
                 Event::FlagSourceReloaded { flags, .. } => format!("reloaded:{flags}"),
                 _ => return,
@@ -845,11 +850,12 @@ mod flags {
             source(&server.url(), &prefix),
             source(&server.url(), &prefix),
         );
+        source_a.put("other", &FlagDef::default()).await.unwrap();
         let _watch_a = source_a.clone().watch(store_a.clone());
         let _watch_b = source_b.watch(store_b.clone());
-        // Both subscribed and loaded (an empty hash).
-        until(&mut events_a, Duration::from_secs(5), |e| e == "reloaded:0").await;
-        until(&mut events_b, Duration::from_secs(5), |e| e == "reloaded:0").await;
+        // Both subscribed and loaded.
+        until(&mut events_a, Duration::from_secs(5), |e| e == "reloaded:1").await;
+        until(&mut events_b, Duration::from_secs(5), |e| e == "reloaded:1").await;
 
         source_a.put("checkout", &FlagDef::default()).await.unwrap();
         until(&mut events_b, Duration::from_secs(1), |e| {
@@ -879,8 +885,9 @@ mod flags {
         source_a.set_percentage("checkout", 0).await.unwrap();
         source_a.enable("checkout").await.unwrap();
         assert!(source_a.remove("checkout").await.unwrap());
-        until(&mut events_b, Duration::from_secs(1), |e| e == "reloaded:0").await;
+        until(&mut events_b, Duration::from_secs(1), |e| e == "reloaded:1").await;
         assert!(store_b.get("checkout").is_none(), "removed everywhere");
+        assert!(store_b.get("other").is_some(), "the others stay");
         assert!(matches!(
             source_a.kill("missing").await,
             Err(tower_parapet::redis::RedisFlagError::NotFound(_))
@@ -914,9 +921,16 @@ mod flags {
             "Redis is away: a typed error"
         );
 
-        // Redis returns (empty: this test server keeps nothing on disk); a change made
-        // through any instance reaches the replica again without restarting it.
+        // Redis returns empty (this test server keeps nothing on disk): the watcher finds
+        // no flag set and keeps the last flags rather than taking it for "no flags".
         server.restart();
+        until(&mut events_b, Duration::from_secs(10), |e| e == "missing").await;
+        assert!(
+            store_b.get("search").is_some_and(|d| d.enabled),
+            "an emptied Redis does not switch flags off"
+        );
+        // A change made through any instance reaches the replica again without
+        // restarting it.
         let off = FlagDef {
             enabled: false,
             ..FlagDef::default()
@@ -931,6 +945,7 @@ mod flags {
             e == "changed:search"
         })
         .await;
+        assert!(store_b.get("search").is_some_and(|d| !d.enabled));
         assert!(!store_b.is_enabled("search", &ctx));
     }
 

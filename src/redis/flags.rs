@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use redis::Script;
 
 use super::backend::{Arg, BackendError, RedisBackend};
@@ -13,19 +13,25 @@ use crate::error::ConfigError;
 use crate::flags::{FlagDef, FlagStore};
 use crate::observe::Event;
 
-/// Write one flag and tell every subscriber, atomically.
+/// Write one flag and tell every subscriber, atomically; the marker field says the hash
+/// was written by a source (a flag name cannot contain `/`).
 const PUT: &str = r"
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2], '/written', '1')
 redis.call('PUBLISH', ARGV[3], ARGV[1])
 return 1
 ";
 
-/// Remove one flag and tell every subscriber.
+/// Remove one flag and tell every subscriber (the marker stays: an empty set of flags is
+/// a set of flags).
 const REMOVE: &str = r"
 local n = redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[1], '/written', '1')
 redis.call('PUBLISH', ARGV[2], ARGV[1])
 return n
 ";
+
+/// The hash field that marks a written flag set.
+const MARKER: &str = "/written";
 
 static PUT_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(PUT));
 static REMOVE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(REMOVE));
@@ -51,6 +57,13 @@ pub enum RedisFlagError {
     /// No such flag in Redis.
     #[error("no flag `{0}` in redis")]
     NotFound(String),
+    /// Redis holds no flag set here: none was ever written, or Redis lost its data (a
+    /// restart without persistence, a failover to an empty replica). The last flags stay;
+    /// [`RedisFlagSource::publish`] writes a store's flags again.
+    #[error(
+        "redis holds no flag set at `{0}` (never written, or its data was lost); the last flags stay"
+    )]
+    Missing(String),
 }
 
 /// A flag source in Redis (feature `redis`): every replica's [`FlagStore`] follows one
@@ -63,14 +76,18 @@ pub enum RedisFlagError {
 ///   [`set_percentage`](Self::set_percentage), [`remove`](Self::remove),
 ///   [`publish`](Self::publish)) validates the flag, writes the hash and publishes on
 ///   the channel in one script. From a shell:
-///   `HSET parapet:flags:default checkout '{"enabled":false}'` then
+///   `HSET parapet:flags:default checkout '{"enabled":false}' /written 1` then
 ///   `PUBLISH parapet:flags:default:changed checkout`.
 /// - **Following** ([`watch`](Self::watch)): a task subscribes to the channel, reloads
 ///   the hash on every message (and every [`resync`](Self::resync) interval, default
 ///   30 s, in case a message was lost), and applies it to the store as one source: its
 ///   flags are created or replaced, the ones removed from Redis are removed, flags from
 ///   other sources (a file, the admin router) are left alone. A change reaches every
-///   replica within one round trip of Redis.
+///   replica within one round trip of Redis; a burst of changes is one reload.
+/// - **Redis emptied.** Every write also sets a marker field in the hash; a hash without
+///   it (never written, or lost in a restart without persistence or a failover to an
+///   empty replica) is [`RedisFlagError::Missing`]: the last flags stay (reported once),
+///   never "no flags". [`publish`](Self::publish) writes a store's flags back.
 /// - **Redis away.** The store keeps the last flags it loaded, the watcher emits
 ///   [`Event::FlagSourceFailed`] and resubscribes with backoff (100 ms doubling to 5 s),
 ///   and reloads as soon as Redis answers. A hash holding an invalid flag is refused as
@@ -136,7 +153,8 @@ impl RedisFlagSource {
         &self.label
     }
 
-    /// Every flag in Redis, checked.
+    /// Every flag in Redis, checked; [`RedisFlagError::Missing`] when Redis holds no flag
+    /// set (so an emptied Redis is never taken for "no flags").
     pub async fn fetch(&self) -> Result<BTreeMap<String, FlagDef>, RedisFlagError> {
         let hash = self.hash.to_string();
         let raw: HashMap<String, String> = self
@@ -148,8 +166,11 @@ impl RedisFlagSource {
                     .await?)
             })
             .await?;
+        if !raw.contains_key(MARKER) {
+            return Err(RedisFlagError::Missing(self.hash.to_string()));
+        }
         let mut flags = BTreeMap::new();
-        for (name, json) in raw {
+        for (name, json) in raw.into_iter().filter(|(name, _)| name != MARKER) {
             let def: FlagDef = serde_json::from_str(&json).map_err(|e| RedisFlagError::Parse {
                 flag: name.clone(),
                 message: e.to_string(),
@@ -163,19 +184,19 @@ impl RedisFlagSource {
     /// Load the flags from Redis into `store` once; reports the outcome to the store's
     /// observer. Returns how many flags Redis holds.
     pub async fn load(&self, store: &FlagStore) -> Result<usize, RedisFlagError> {
-        let result = match self.fetch().await {
-            Ok(flags) => {
-                let n = flags.len();
-                store
-                    .by(&self.label)
-                    .apply_source(&self.label, flags)
-                    .map(|()| n)
-                    .map_err(RedisFlagError::from)
-            }
-            Err(e) => Err(e),
-        };
+        let result = self.fetch_and_apply(store).await;
         store.report_source(&self.label, result.as_ref().map(|n| *n).map_err(|e| e as _));
         result
+    }
+
+    async fn fetch_and_apply(&self, store: &FlagStore) -> Result<usize, RedisFlagError> {
+        let flags = self.fetch().await?;
+        let n = flags.len();
+        store
+            .by(&self.label)
+            .apply_source(&self.label, flags)
+            .map(|()| n)
+            .map_err(RedisFlagError::from)
     }
 
     /// Write `def` as flag `name` and tell every replica.
@@ -275,19 +296,40 @@ impl RedisFlagSource {
             let mut backoff = Duration::from_millis(100);
             // One failure event per outage, not one per attempt.
             let mut reported = false;
+            // Whether the last reload found no flag set (reported once, not every resync).
+            let mut missing = false;
             loop {
                 match self.subscribe().await {
                     Ok(pubsub) => {
                         backoff = Duration::from_millis(100);
                         // Changes made while unsubscribed.
-                        let _ = self.load(&store).await;
+                        self.reload(&store, &mut missing).await;
                         let mut messages = pubsub.into_on_message();
-                        // A message, or the resync interval: reload. `None`: the
-                        // connection is gone.
-                        while let Ok(Some(_)) | Err(_) =
-                            tokio::time::timeout(self.resync, messages.next()).await
-                        {
-                            let _ = self.load(&store).await;
+                        loop {
+                            match tokio::time::timeout(self.resync, messages.next()).await {
+                                // The connection is gone.
+                                Ok(None) => break,
+                                Ok(Some(_)) => {
+                                    // A burst of changes (a `publish` of many flags) is
+                                    // one reload.
+                                    let mut gone = false;
+                                    loop {
+                                        match messages.next().now_or_never() {
+                                            Some(Some(_)) => {}
+                                            Some(None) => {
+                                                gone = true;
+                                                break;
+                                            }
+                                            None => break,
+                                        }
+                                    }
+                                    self.reload(&store, &mut missing).await;
+                                    if gone {
+                                        break;
+                                    }
+                                }
+                                Err(_) => self.reload(&store, &mut missing).await,
+                            }
                         }
                         store.observer().emit(&Event::FlagSourceFailed {
                             name: store.name(),
@@ -312,6 +354,17 @@ impl RedisFlagSource {
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         })
+    }
+
+    /// One reload for the watcher: a missing flag set is reported when it starts being
+    /// missing, other outcomes every time.
+    async fn reload(&self, store: &FlagStore, missing: &mut bool) {
+        let result = self.fetch_and_apply(store).await;
+        let now_missing = matches!(result, Err(RedisFlagError::Missing(_)));
+        if !(now_missing && *missing) {
+            store.report_source(&self.label, result.as_ref().map(|n| *n).map_err(|e| e as _));
+        }
+        *missing = now_missing;
     }
 
     async fn subscribe(&self) -> Result<redis::aio::PubSub, BackendError> {
