@@ -942,7 +942,7 @@ async fn redis_restarted_mid_run_policies_then_recovery() {
         .await
         .unwrap();
     let mut waited = 0;
-    while !flags.get("payments").is_some_and(|d| !d.enabled) {
+    while flags.get("payments").is_none_or(|d| d.enabled) {
         waited += 1;
         assert!(waited < 500, "the watcher did not resubscribe");
         tokio::time::sleep(Duration::from_millis(10)).await;
