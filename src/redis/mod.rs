@@ -25,11 +25,13 @@
 //! |---|---|---|
 //! | rate limit | `fail_open` (admit), `fail_closed` (503), `local` (the same quotas in process, per instance) | `local` |
 //! | idempotency | `fail_open` (run without deduplication), `fail_closed` (503 + `Retry-After`, safe to retry) | `fail_closed` |
-//! | flags | always keep the last flags loaded; resubscribe and reload when Redis returns | — |
+//! | flags | always keep the last flags loaded (also when Redis comes back empty); resubscribe and reload when Redis returns | — |
 //!
-//! Nothing needs a restart when Redis returns: the next call reconnects, the backend
-//! emits [`Event::BackendRecovered`](crate::observe::Event::BackendRecovered), and layers
-//! use Redis again.
+//! Nothing needs a restart when Redis returns: the next call reconnects (and while it is
+//! down the backend itself probes it every 500 ms, so health recovers without traffic),
+//! the backend emits [`Event::BackendRecovered`](crate::observe::Event::BackendRecovered),
+//! and layers use Redis again. Every error counts as down: a Redis that answers
+//! `READONLY`, `LOADING` or `OOM` cannot serve the layers either.
 //!
 //! # Testing
 //!
