@@ -56,8 +56,8 @@ pub enum FileFormat {
 /// resolution are both seen). The file's flags are created or replaced; flags it defined
 /// before and no longer does are removed; other flags of the store are left alone. An
 /// unreadable file, a parse error or an invalid flag changes nothing — the last good
-/// flags stay — and is reported as [`Event::FlagSourceFailed`]; a successful reload as
-/// [`Event::FlagSourceReloaded`]. Changes are reported with the file's path as `by`.
+/// flags stay — and is reported as [`Event::FlagSourceFailed`](crate::observe::Event::FlagSourceFailed); a successful reload as
+/// [`Event::FlagSourceReloaded`](crate::observe::Event::FlagSourceReloaded). Changes are reported with the file's path as `by`.
 ///
 /// The file is read with blocking `std::fs` calls on the runtime's thread: flag files
 /// are small. The task runs until the returned handle is aborted or the runtime stops.
