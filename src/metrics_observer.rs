@@ -289,7 +289,10 @@ impl Observer for MetricsObserver {
             } => Some(kind.as_str()),
             Event::FeatureGated { shadow: false, .. } => Some("feature_disabled"),
             Event::BulkheadRejected { shadow: false, .. } => Some("overloaded"),
+            // The rate limiter's refusal for a missing Redis has no event of its own; the
+            // idempotency layer's is an `IdempotencyRejected` (counted above).
             Event::BackendPolicyApplied {
+                layer: "rate_limit",
                 policy: "fail_closed",
                 ..
             } => Some("overloaded"),
@@ -452,6 +455,13 @@ mod tests {
                             layer: "rate_limit",
                             name: name.as_ref(),
                             backend: "redis",
+                            policy: "fail_closed",
+                        },
+                        // Counted by the `IdempotencyRejected` that follows it, not here.
+                        Event::BackendPolicyApplied {
+                            layer: "idempotency",
+                            name: name.as_ref(),
+                            backend: "store",
                             policy: "fail_closed",
                         },
                     ];

@@ -685,6 +685,104 @@ async fn a_config_built_layer_honours_its_header_and_methods() {
     assert_eq!(charges.count.load(Ordering::SeqCst), 2);
 }
 
+/// A store that cannot be reached: every operation fails.
+struct Unreachable;
+
+impl tower_parapet::idempotency::IdempotencyStore for Unreachable {
+    fn claim<'a>(
+        &'a self,
+        _: &'a tower_parapet::idempotency::RecordKey,
+        _: tower_parapet::idempotency::Fingerprint,
+        _: Duration,
+    ) -> futures_util::future::BoxFuture<
+        'a,
+        Result<tower_parapet::idempotency::Claim, tower_parapet::idempotency::StoreError>,
+    > {
+        Box::pin(async {
+            Err(tower_parapet::idempotency::StoreError(
+                "connection refused".into(),
+            ))
+        })
+    }
+
+    fn complete<'a>(
+        &'a self,
+        _: &'a tower_parapet::idempotency::RecordKey,
+        _: tower_parapet::idempotency::ClaimToken,
+        _: Arc<tower_parapet::idempotency::Record>,
+        _: Duration,
+    ) -> futures_util::future::BoxFuture<'a, Result<bool, tower_parapet::idempotency::StoreError>>
+    {
+        Box::pin(async {
+            Err(tower_parapet::idempotency::StoreError(
+                "connection refused".into(),
+            ))
+        })
+    }
+
+    fn release(
+        &self,
+        _: &tower_parapet::idempotency::RecordKey,
+        _: tower_parapet::idempotency::ClaimToken,
+    ) {
+    }
+}
+
+/// A store that fails: by default the request is refused with a retryable 503 and nothing
+/// runs (a duplicate elsewhere cannot be ruled out); failing open runs it unguarded. Each
+/// emits the policy event; the config names the policy too.
+#[tokio::test(start_paused = true)]
+async fn a_failing_store_follows_the_store_policy() {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let seen = events.clone();
+    let observer = move |e: &Event<'_>| {
+        seen.lock()
+            .unwrap()
+            .push(format!("{}/{}", e.layer(), e.outcome()));
+    };
+    let charges = Charges::default();
+    let closed = IdempotencyLayer::new()
+        .store(Unreachable)
+        .observer(observer.clone())
+        .layer(charges.clone());
+    let err = send(&closed, pay(Some("k1"), "1")).await.unwrap_err();
+    assert!(
+        matches!(
+            Rejection::from_box(&err),
+            Some(Rejection::Overloaded {
+                retry_after: Some(_),
+                ..
+            })
+        ),
+        "{err}"
+    );
+    assert_eq!(charges.count.load(Ordering::SeqCst), 0, "nothing ran");
+    let open = IdempotencyLayer::new()
+        .store(Unreachable)
+        .on_store_error(tower_parapet::config::FailurePolicy::FailOpen)
+        .observer(observer)
+        .layer(charges.clone());
+    let res = send(&open, pay(Some("k1"), "1")).await.unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    assert!(!res.headers().contains_key("idempotent-replayed"));
+    assert_eq!(charges.count.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        *events.lock().unwrap(),
+        [
+            "idempotency/fail_closed",
+            "idempotency/rejected",
+            "idempotency/fail_open"
+        ]
+    );
+    let config: IdempotencyConfig =
+        serde_json::from_str(r#"{ "on_store_error": "fail_open" }"#).unwrap();
+    assert_eq!(
+        config.on_store_error,
+        tower_parapet::config::FailurePolicy::FailOpen
+    );
+    config.build().unwrap();
+}
+
 // ---- services that are not HTTP -------------------------------------------------------
 
 mod values {
