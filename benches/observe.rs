@@ -56,11 +56,10 @@ fn events(c: &mut Criterion) {
     group.bench_function("tracing/no_subscriber", |b| {
         b.iter(|| tracing_observer.on_event(black_box(&e)))
     });
-    tracing::subscriber::with_default(subscriber(), || {
-        group.bench_function("tracing/with_subscriber", |b| {
-            b.iter(|| tracing_observer.on_event(black_box(&e)))
-        });
-    });
+    // The cases with nothing installed come before any subscriber or recorder is set
+    // (even a scoped one): once one was, `tracing` keeps checking for one on every event.
+    #[cfg(feature = "metrics")]
+    let metrics_observer = MetricsObserver::default();
     #[cfg(feature = "metrics")]
     {
         // The facade's own floor: one counter through the `metrics` macro, as any
@@ -71,22 +70,26 @@ fn events(c: &mut Criterion) {
                     .increment(1)
             })
         });
-        let metrics_observer = MetricsObserver::default();
         group.bench_function("metrics/no_recorder", |b| {
             b.iter(|| metrics_observer.on_event(black_box(&e)))
         });
+        let both = (tracing_observer, MetricsObserver::default());
+        group.bench_function("tracing_and_metrics/nothing_installed", |b| {
+            b.iter(|| both.on_event(black_box(&e)))
+        });
+    }
+    tracing::subscriber::with_default(subscriber(), || {
+        group.bench_function("tracing/with_subscriber", |b| {
+            b.iter(|| tracing_observer.on_event(black_box(&e)))
+        });
+    });
+    #[cfg(feature = "metrics")]
+    {
         let recorder = DebuggingRecorder::new();
         metrics::with_local_recorder(&recorder, || {
             group.bench_function("metrics/with_recorder", |b| {
                 b.iter(|| metrics_observer.on_event(black_box(&e)))
             });
-        });
-        // A fresh metrics observer: the one above registered its handles with the
-        // debugging recorder.
-        let both = (tracing_observer, MetricsObserver::default());
-        drop(metrics_observer);
-        group.bench_function("tracing_and_metrics/nothing_installed", |b| {
-            b.iter(|| both.on_event(black_box(&e)))
         });
     }
     group.finish();
@@ -114,22 +117,36 @@ fn one_call<S: Service<Request<()>>>(svc: &mut S) -> bool {
     svc.call(black_box(req)).now_or_never().is_some()
 }
 
-fn logging(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread()
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+/// The logging layer before any subscriber was ever set (it then skips its span and clock
+/// read): runs first.
+fn logging_plain(c: &mut Criterion) {
+    let rt = runtime();
     let _guard = rt.enter();
     let mut group = c.benchmark_group("logging");
     let mut bare = Handler;
     group.bench_function("bare", |b| b.iter(|| one_call(&mut bare)));
     let mut logged = LoggingLayer::new().layer(Handler);
     group.bench_function("no_subscriber", |b| b.iter(|| one_call(&mut logged)));
+    group.finish();
+}
+
+fn logging_traced(c: &mut Criterion) {
+    let rt = runtime();
+    let _guard = rt.enter();
+    let mut group = c.benchmark_group("logging");
+    let mut logged = LoggingLayer::new().layer(Handler);
     tracing::subscriber::with_default(subscriber(), || {
         group.bench_function("with_subscriber", |b| b.iter(|| one_call(&mut logged)));
     });
     group.finish();
 }
 
-criterion_group!(benches, events, logging);
+criterion_group!(benches, logging_plain, events, logging_traced);
 criterion_main!(benches);
