@@ -1072,3 +1072,48 @@ async fn a_hung_redis_costs_at_most_the_timeout() {
     .await;
     assert_eq!(seen.count("backend/backend_recovered"), 1);
 }
+
+/// A Redis failing some calls (frozen, thawed, frozen again) is one outage: one
+/// `BackendDown`, and `BackendRecovered` only after a second with no failed call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_intermittent_redis_is_one_outage() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let seen = Seen::default();
+    let backend = RedisBackend::builder(server.url())
+        .timeout(Duration::from_millis(100))
+        .observer(seen.observer())
+        .build()
+        .unwrap();
+    let svc = RateLimitLayer::new(Quota::per_hour(1000))
+        .shared(backend.clone())
+        .on_redis_error(FailurePolicy::FailOpen)
+        .layer(counting(Arc::new(AtomicUsize::new(0))));
+    svc.clone().oneshot(0).await.unwrap();
+    for round in 1..=3 {
+        server.freeze();
+        svc.clone().oneshot(round).await.unwrap();
+        server.thaw();
+        // Redis answers again at once; the failure was a moment ago.
+        let mut answered = false;
+        for _ in 0..50 {
+            let before = seen.count("rate_limit/fail_open");
+            svc.clone().oneshot(round).await.unwrap();
+            if seen.count("rate_limit/fail_open") == before {
+                answered = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(answered, "Redis answered again after the thaw");
+    }
+    assert_eq!(seen.count("backend/backend_down"), 1, "one outage");
+    assert_eq!(seen.count("backend/backend_recovered"), 0, "not yet quiet");
+    assert!(!backend.is_up());
+    // A quiet second later, the next call (or the backend's own probe) recovers it.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    svc.clone().oneshot(9).await.unwrap();
+    assert!(backend.is_up());
+    assert_eq!(seen.count("backend/backend_recovered"), 1);
+}

@@ -68,7 +68,9 @@ pub struct BackendStatus {
 ///   a slow or unreachable Redis costs a request at most that, then the calling layer
 ///   follows its [`FailurePolicy`](super::FailurePolicy).
 /// - It tracks whether Redis answers: the first failed call emits
-///   [`Event::BackendDown`], the first success after that [`Event::BackendRecovered`];
+///   [`Event::BackendDown`], and once calls succeed again with no failure for a second
+///   [`Event::BackendRecovered`] (a Redis failing some of its calls is one outage, not a
+///   stream of events);
 ///   [`status`](RedisBackend::status) and the [health registry](crate::health) show it.
 /// - Keys are prefixed with [`prefix`](RedisBackendBuilder::prefix) (default `parapet`),
 ///   so several applications can share one Redis.
@@ -99,7 +101,8 @@ struct Inner {
     prefix: Arc<str>,
     observer: SharedObserver,
     up: AtomicBool,
-    down_since: std::sync::Mutex<Option<std::time::Instant>>,
+    /// When the outage began, and when a call last failed (under one lock: transitions).
+    down_since: std::sync::Mutex<Outage>,
     consecutive: AtomicU64,
     failures: AtomicU64,
     last_error: ArcSwapOption<String>,
@@ -180,7 +183,7 @@ impl RedisBackendBuilder {
                 prefix: self.prefix,
                 observer: self.observer,
                 up: AtomicBool::new(true),
-                down_since: std::sync::Mutex::new(None),
+                down_since: std::sync::Mutex::new(Outage::default()),
                 consecutive: AtomicU64::new(0),
                 failures: AtomicU64::new(0),
                 last_error: ArcSwapOption::empty(),
@@ -300,18 +303,27 @@ impl RedisBackend {
         if self.inner.up.load(Ordering::Acquire) {
             return;
         }
-        // Transitions happen under the lock, so `down_since` always belongs to the
-        // outage being ended; the event is emitted after it is released.
+        // Transitions happen under the lock, so the outage's start always belongs to the
+        // outage being ended; the event is emitted after it is released. Up again only
+        // after a quiet second (no failed call): a Redis failing some calls is one outage,
+        // not a stream of down/up events.
         let down_for = {
-            let mut since = self
+            let mut outage = self
                 .inner
                 .down_since
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
+            if outage
+                .last_failure
+                .is_some_and(|at| at.elapsed() < RECOVERY_QUIET)
+            {
+                return;
+            }
             if self.inner.up.swap(true, Ordering::AcqRel) {
                 return;
             }
-            since.take().map_or(Duration::ZERO, |s| s.elapsed())
+            outage.last_failure = None;
+            outage.since.take().map_or(Duration::ZERO, |s| s.elapsed())
         };
         self.inner.observer.emit(&Event::BackendRecovered {
             name: &self.inner.name,
@@ -326,14 +338,16 @@ impl RedisBackend {
         let text = error.to_string();
         self.inner.last_error.store(Some(Arc::new(text.clone())));
         let went_down = {
-            let mut since = self
+            let mut outage = self
                 .inner
                 .down_since
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
+            let now = std::time::Instant::now();
+            outage.last_failure = Some(now);
             let was_up = self.inner.up.swap(false, Ordering::AcqRel);
             if was_up {
-                *since = Some(std::time::Instant::now());
+                outage.since = Some(now);
             }
             was_up
         };
@@ -373,6 +387,16 @@ impl RedisBackend {
             }
         });
     }
+}
+
+/// How long calls must go without a failure before a down backend counts as up again.
+const RECOVERY_QUIET: Duration = Duration::from_secs(1);
+
+/// The current outage.
+#[derive(Debug, Default)]
+struct Outage {
+    since: Option<std::time::Instant>,
+    last_failure: Option<std::time::Instant>,
 }
 
 /// A script argument.
