@@ -3,7 +3,10 @@
 //! closest stack assembled from its peers.
 //!
 //! The handler and both stacks are in `benches/common/stacks.rs` (shared with
-//! `examples/loopback_server.rs`). Every layer admits: the common path.
+//! `examples/loopback_server.rs`). Every layer admits: the common path. Each router is
+//! made ready with `with_state(())` first, as `axum::serve` does per connection: a
+//! `Router<()>` called as a service without it applies every layer to the handler again on
+//! each request, which earlier runs of this bench measured.
 //!
 //! - `bare_router`: axum routing + the handler.
 //! - `full_stack` (parapet, DESIGN.md's order, outermost first): logging (request id
@@ -64,6 +67,10 @@ fn stack(c: &mut Criterion) {
         ("full_stack", stacks::parapet_stack()),
         ("peer_stack", stacks::peer_stack()),
     ] {
+        // As `axum::serve` does once per connection: handlers become routes with their
+        // layers applied now, not on every call (a `Router<()>` called directly applies
+        // every layer to the handler again per request).
+        let router: axum::Router = router.with_state(());
         // Each answers 200 with the handler's body before it is measured.
         let res = rt.block_on(
             router
