@@ -588,19 +588,22 @@ impl Run {
             let claim = match s.store.claim(&self.record, fingerprint, s.lease).await {
                 Ok(claim) => claim,
                 Err(_) => {
+                    // `Local` means nothing here (another instance may hold the key): it
+                    // fails closed.
+                    let (policy, phase) = match s.on_store_error {
+                        FailurePolicy::FailOpen => (FailurePolicy::FailOpen, Phase::Unguarded),
+                        _ => (
+                            FailurePolicy::FailClosed,
+                            Phase::Refuse(Rejection::overloaded(Some(Duration::from_secs(1)))),
+                        ),
+                    };
                     s.observer.emit(&Event::BackendPolicyApplied {
                         layer: "idempotency",
                         name: &s.name,
                         backend: "store",
-                        policy: match s.on_store_error {
-                            FailurePolicy::FailOpen => FailurePolicy::FailOpen.as_str(),
-                            _ => FailurePolicy::FailClosed.as_str(),
-                        },
+                        policy: policy.as_str(),
                     });
-                    return Ok(match s.on_store_error {
-                        FailurePolicy::FailOpen => Phase::Unguarded,
-                        _ => Phase::Refuse(Rejection::overloaded(Some(Duration::from_secs(1)))),
-                    });
+                    return Ok(phase);
                 }
             };
             let refusal = match claim {

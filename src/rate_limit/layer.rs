@@ -166,7 +166,6 @@ impl Shared {
             .map(|s| &**s)
     }
 
-    /// Whether a refused request may wait `wait` (waiting is on and `wait` is within it).
     /// The in-process decision for one request, without waiting: the distributed
     /// limiter's `local` policy.
     #[cfg(feature = "redis")]
@@ -210,6 +209,7 @@ impl Shared {
         });
     }
 
+    /// Whether a refused request may wait `wait` (waiting is on and `wait` is within it).
     pub(super) fn may_wait(&self, wait: Duration) -> bool {
         wait <= self.spec.max_wait && !self.spec.max_wait.is_zero()
     }
