@@ -9,8 +9,14 @@
 //! - `--stack bare|parapet|peers`: the router alone, parapet's recommended stack, or the
 //!   closest stack assembled from tower-http, tower_governor and tower-resilience (the
 //!   stacks are in `benches/common/stacks.rs`; its top comment lists their layers).
+//!   `--stack only-<layer>` serves one layer of parapet's stack alone (`noop`, `logging`,
+//!   `rejection`, `rate_limit`, `gate`, `idempotency`, `fallback`, `breaker`, `timeout`;
+//!   see `single_layer` there), to measure each layer's share.
 //! - `--threads N`: tokio worker threads (default 1: the script pins the server to one
 //!   core and the load generator to the other).
+//! - `--calls N`: no server: drive N requests through the stack in-process (a
+//!   current-thread runtime, the router made ready once as `axum::serve` does) and exit;
+//!   `scripts/instructions.sh stack` runs it under callgrind for instructions per request.
 //!
 //! Without `--port` it serves nothing for long: it starts each stack on an ephemeral port,
 //! sends one request to each over TCP, prints the answers and exits (a smoke check).
@@ -29,11 +35,12 @@ struct Args {
     stack: String,
     threads: usize,
     seconds: Option<u64>,
+    calls: Option<u64>,
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: loopback_server [--port P] [--stack bare|parapet|peers] [--threads N] [--seconds S]"
+        "usage: loopback_server [--port P] [--stack bare|parapet|peers|only-<layer>] [--threads N] [--seconds S] [--calls N]"
     );
     std::process::exit(2)
 }
@@ -44,6 +51,7 @@ fn parse_args() -> Args {
         stack: "parapet".to_owned(),
         threads: 1,
         seconds: None,
+        calls: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -53,6 +61,7 @@ fn parse_args() -> Args {
             "--stack" => args.stack = value,
             "--threads" => args.threads = value.parse().unwrap_or_else(|_| usage()),
             "--seconds" => args.seconds = Some(value.parse().unwrap_or_else(|_| usage())),
+            "--calls" => args.calls = Some(value.parse().unwrap_or_else(|_| usage())),
             _ => usage(),
         }
     }
@@ -64,7 +73,10 @@ fn router(stack: &str) -> Router {
         "bare" => stacks::routes(),
         "parapet" => stacks::parapet_stack(),
         "peers" => stacks::peer_stack(),
-        _ => usage(),
+        other => other
+            .strip_prefix("only-")
+            .and_then(stacks::single_layer)
+            .unwrap_or_else(|| usage()),
     }
 }
 
@@ -97,8 +109,35 @@ async fn smoke_check() {
     }
 }
 
+/// Drives `n` requests through the stack in-process, each to completion, and checks the
+/// last answer.
+fn drive_in_process(stack: &str, n: u64) {
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let app: Router = router(stack).with_state(());
+    rt.block_on(async {
+        let mut status = 200;
+        for _ in 0..n {
+            // As hyper's adapter does per request: a clone of the service, called once.
+            let req = Request::get("/products").body(Body::empty()).unwrap();
+            status = app.clone().oneshot(req).await.unwrap().status().as_u16();
+        }
+        assert_eq!(status, 200, "{stack}");
+    });
+}
+
 fn main() {
     let args = parse_args();
+    if let Some(n) = args.calls {
+        drive_in_process(&args.stack, n);
+        return;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.threads.max(1))
         .enable_all()

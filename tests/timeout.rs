@@ -1011,3 +1011,37 @@ async fn ready_response_is_returned_on_the_first_poll() {
     let mut fut = tokio_test::task::spawn(svc.ready().await.unwrap().call(1));
     assert_eq!(assert_ready!(fut.poll()).unwrap(), 2);
 }
+
+/// The timer is made when the inner future first waits, but the deadline counts from the
+/// call: a future first polled after its deadline, whose inner future waits, times out at
+/// that first poll; one whose inner future answers at once is answered.
+#[tokio::test(start_paused = true)]
+async fn the_deadline_counts_from_the_call_even_when_the_first_poll_is_late() {
+    let mut svc =
+        TimeoutLayer::new(Duration::from_millis(100)).layer(service_fn(|wait: bool| async move {
+            if wait {
+                pending::<()>().await;
+            }
+            Ok::<_, Infallible>("answered")
+        }));
+    let mut late = tokio_test::task::spawn(svc.ready().await.unwrap().call(true));
+    let mut quick = tokio_test::task::spawn(svc.ready().await.unwrap().call(false));
+    advance(Duration::from_millis(150)).await;
+    let err = assert_ready_err!(late.poll());
+    assert!(
+        err.downcast_ref::<Rejection>()
+            .is_some_and(|r| r.kind() == tower_parapet::RejectionKind::Timeout),
+        "{err}"
+    );
+    assert_eq!(assert_ready_ok!(quick.poll()), "answered");
+
+    // Polled in time, it waits, and times out at the deadline.
+    let start = Instant::now();
+    let mut waiting = tokio_test::task::spawn(svc.ready().await.unwrap().call(true));
+    assert_pending!(waiting.poll());
+    advance(Duration::from_millis(99)).await;
+    assert_pending!(waiting.poll());
+    advance(Duration::from_millis(1)).await;
+    assert_ready_err!(waiting.poll());
+    assert_eq!(start.elapsed(), Duration::from_millis(100));
+}

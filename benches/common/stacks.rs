@@ -25,8 +25,8 @@ use axum::error_handling::HandleErrorLayer;
 use axum::http::{Response, StatusCode};
 use axum::routing::get;
 use tower::ServiceBuilder;
-use tower_parapet::RateLimitLayer;
 use tower_parapet::circuit_breaker::CircuitBreakerLayer;
+use tower_parapet::classify::ServerErrorsAsFailures;
 use tower_parapet::fallback::{self, FallbackLayer};
 use tower_parapet::flags::{FeatureGateLayer, FlagDef, FlagStore};
 use tower_parapet::http::RejectionResponseLayer;
@@ -34,35 +34,92 @@ use tower_parapet::idempotency::IdempotencyLayer;
 use tower_parapet::logging::LoggingLayer;
 use tower_parapet::rate_limit::Quota;
 use tower_parapet::timeout::{HttpDeadline, TimeoutLayer};
+use tower_parapet::{BoxError, RateLimitLayer};
 
 /// The handler alone behind axum's router.
 pub(crate) fn routes() -> Router {
     Router::new().route("/products", get(|| async { "[\"lamp\",\"chair\"]" }))
 }
 
-/// The recommended parapet stack around [`routes`] (no-op observers).
-pub(crate) fn parapet_stack() -> Router {
+/// The flag store of the feature gate: `catalogue`, a boolean flag, on.
+fn flags() -> FlagStore {
     let flags = FlagStore::with_observer("flags", ());
     flags.set("catalogue", FlagDef::boolean(true)).unwrap();
+    flags
+}
+
+// Each layer of the recommended stack as configured here (no-op observers).
+fn rejection() -> RejectionResponseLayer {
+    RejectionResponseLayer::new().observer(())
+}
+
+fn rate_limit() -> RateLimitLayer {
+    RateLimitLayer::new(Quota::per_second(1_000_000_000)).observer(())
+}
+
+fn gate(flags: &FlagStore) -> FeatureGateLayer {
+    FeatureGateLayer::new(flags, "catalogue").observer(())
+}
+
+fn idempotency() -> IdempotencyLayer {
+    IdempotencyLayer::new().observer(())
+}
+
+type AnswerEmpty = fn(fallback::Failure<Response<Body>>) -> Result<Response<Body>, BoxError>;
+
+fn fallback() -> FallbackLayer<fallback::FromFn<AnswerEmpty>> {
+    FallbackLayer::new(fallback::from_fn(
+        (|_| Ok(Response::new(Body::from("[]")))) as AnswerEmpty,
+    ))
+}
+
+fn breaker() -> CircuitBreakerLayer<ServerErrorsAsFailures> {
+    CircuitBreakerLayer::http().observer(()).build().unwrap()
+}
+
+fn timeout() -> TimeoutLayer<Duration, HttpDeadline> {
+    TimeoutLayer::new(Duration::from_secs(2))
+        .deadline(HttpDeadline::new())
+        .observer(())
+}
+
+/// The recommended parapet stack around [`routes`] (no-op observers).
+pub(crate) fn parapet_stack() -> Router {
+    let flags = flags();
     routes().layer(
         ServiceBuilder::new()
             .layer(LoggingLayer::new())
-            .layer(RejectionResponseLayer::new().observer(()))
-            .layer(RateLimitLayer::new(Quota::per_second(1_000_000_000)).observer(()))
-            .layer(FeatureGateLayer::new(&flags, "catalogue").observer(()))
-            .layer(IdempotencyLayer::new().observer(()))
-            .layer(FallbackLayer::new(fallback::from_fn(
-                |_: fallback::Failure<Response<Body>>| {
-                    Ok::<_, tower_parapet::BoxError>(Response::new(Body::from("[]")))
-                },
-            )))
-            .layer(CircuitBreakerLayer::http().observer(()).build().unwrap())
-            .layer(
-                TimeoutLayer::new(Duration::from_secs(2))
-                    .deadline(HttpDeadline::new())
-                    .observer(()),
-            ),
+            .layer(rejection())
+            .layer(rate_limit())
+            .layer(gate(&flags))
+            .layer(idempotency())
+            .layer(fallback())
+            .layer(breaker())
+            .layer(timeout()),
     )
+}
+
+/// One layer of [`parapet_stack`], configured as there, alone around [`routes`]: for
+/// measuring each layer's share (`loopback_server --stack only-<layer>`). `noop` is
+/// `Router::layer` with a layer that does nothing (what axum's layering itself costs);
+/// `logging` and `rejection` alone; every other layer sits inside the
+/// rejection-to-response layer (its errors must become responses for axum), so its own
+/// cost is its figure minus `rejection`'s.
+pub(crate) fn single_layer(layer: &str) -> Option<Router> {
+    let routes = routes();
+    let with_answers = ServiceBuilder::new().layer(rejection());
+    Some(match layer {
+        "noop" => routes.layer(tower::layer::util::Identity::new()),
+        "logging" => routes.layer(LoggingLayer::new()),
+        "rejection" => routes.layer(rejection()),
+        "rate_limit" => routes.layer(with_answers.layer(rate_limit())),
+        "gate" => routes.layer(with_answers.layer(gate(&flags()))),
+        "idempotency" => routes.layer(with_answers.layer(idempotency())),
+        "fallback" => routes.layer(with_answers.layer(fallback())),
+        "breaker" => routes.layer(with_answers.layer(breaker())),
+        "timeout" => routes.layer(with_answers.layer(timeout())),
+        _ => return None,
+    })
 }
 
 /// tower-resilience's breaker classifier for HTTP: an error or a 5xx answer is a failure.

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::future::{Future, Ready, ready};
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -63,8 +64,36 @@ impl GateAction {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Reject;
 
+/// The future of [`Reject`]: the refusal, boxed already (a few words, where a ready
+/// `Result<Res, _>` would carry a whole response's room inside every gate's future).
+pub struct Refused<Res> {
+    error: Option<BoxError>,
+    _res: PhantomData<fn() -> Res>,
+}
+
+impl<Res> fmt::Debug for Refused<Res> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Refused")
+            .field("error", &self.error)
+            .finish()
+    }
+}
+
+impl<Res> Future for Refused<Res> {
+    type Output = Result<Res, BoxError>;
+
+    fn poll(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Self::Output> {
+        // Polled again after it answered: the same refusal, rather than a panic.
+        let error = self
+            .error
+            .take()
+            .unwrap_or_else(|| Rejection::feature_disabled(Arc::from("")).boxed());
+        Poll::Ready(Err(error))
+    }
+}
+
 impl<Req, Res> WhenOff<Req, Res> for Reject {
-    type Future = Ready<Result<Res, BoxError>>;
+    type Future = Refused<Res>;
 
     #[inline]
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
@@ -72,9 +101,10 @@ impl<Req, Res> WhenOff<Req, Res> for Reject {
     }
 
     fn call(&mut self, _: Req, details: &FlagDetails) -> Self::Future {
-        ready(Err(
-            Rejection::feature_disabled(details.flag.clone()).boxed()
-        ))
+        Refused {
+            error: Some(Rejection::feature_disabled(details.flag.clone()).boxed()),
+            _res: PhantomData,
+        }
     }
 
     fn action(&self) -> GateAction {
@@ -651,5 +681,43 @@ where
             KindProj::Feature { future } => future.poll(cx).map_err(Into::into),
             KindProj::Off { future } => future.poll(cx),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::FutureExt;
+
+    #[test]
+    fn a_refusal_polled_again_refuses_again_rather_than_panicking() {
+        let details = FlagDetails {
+            flag: Arc::from("beta"),
+            value: FlagValue::Bool(false),
+            variant: None,
+            reason: Reason::Disabled,
+            error_code: None,
+        };
+        let mut refused: Refused<u8> = WhenOff::<(), u8>::call(&mut Reject, (), &details);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let first = Pin::new(&mut refused).poll(&mut cx);
+        let Poll::Ready(Err(e)) = first else {
+            panic!("refused at once")
+        };
+        let rejection = e.downcast_ref::<Rejection>().unwrap();
+        assert_eq!(
+            rejection.kind(),
+            crate::error::RejectionKind::FeatureDisabled
+        );
+        assert!(e.to_string().contains("beta"), "{e}");
+        assert!(matches!(
+            Pin::new(&mut refused).poll(&mut cx),
+            Poll::Ready(Err(_))
+        ));
+        assert!(
+            std::mem::size_of::<Refused<[u8; 256]>>() <= 16,
+            "the refusal does not carry the response's room"
+        );
+        let _ = refused.now_or_never();
     }
 }

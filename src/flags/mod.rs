@@ -91,7 +91,7 @@ pub use eval::{ErrorCode, EvalContext, FlagDetails, Reason, TARGETING_KEY};
 #[cfg_attr(docsrs, doc(cfg(feature = "flag-files")))]
 pub use file::{FileFormat, FileSource, FlagFileError};
 pub use gate::{
-    FeatureGate, FeatureGateConfig, FeatureGateLayer, GateAction, MapErr, Reject, Respond,
+    FeatureGate, FeatureGateConfig, FeatureGateLayer, GateAction, MapErr, Refused, Reject, Respond,
     ResponseFuture, Route, WhenOff,
 };
 pub use model::{Clause, FlagDef, FlagSet, FlagValue, MAX_FLAG_NAME_LEN, Op, Rollout, Rule};

@@ -218,22 +218,42 @@ fn incoming_id(value: &HeaderValue) -> Option<&HeaderValue> {
     sane.then_some(value)
 }
 
-/// 32 hex digits, different for every call in this process and across processes: one
-/// allocation, shared by every copy of the header value.
+/// 32 hex digits, different for every call in this process (a keyed bijection of a
+/// counter) and unrelated across processes (random keys): one allocation, shared by every
+/// copy of the header value.
 fn new_id() -> HeaderValue {
-    static SEED: OnceLock<RandomState> = OnceLock::new();
+    static KEYS: OnceLock<(u64, u64)> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let seed = SEED.get_or_init(RandomState::new);
+    let &(k0, k1) = KEYS.get_or_init(|| {
+        let seed = RandomState::new();
+        (seed.hash_one(0_u64), seed.hash_one(1_u64))
+    });
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let mut digits = Vec::with_capacity(32);
-    for word in [seed.hash_one(n), seed.hash_one(!n)] {
-        for shift in (0..16).rev() {
-            digits.push(HEX[((word >> (shift * 4)) & 0xf) as usize]);
+    // Two keyed bijections of the counter: each half alone differs for every call in this
+    // process; the random keys make ids of different processes unrelated.
+    let mut digits = [0_u8; 32];
+    for (half, word) in [mix(n ^ k0), mix(n.wrapping_add(k1))]
+        .into_iter()
+        .enumerate()
+    {
+        for (i, digit) in digits[half * 16..][..16].iter_mut().enumerate() {
+            *digit = HEX[((word >> ((15 - i) * 4)) & 0xf) as usize];
         }
     }
-    HeaderValue::from_maybe_shared(bytes::Bytes::from(digits))
+    // One allocation holding the digits and the count of its copies (a `Vec`-backed
+    // `Bytes` makes a second one at its first clone, and the id is cloned three times).
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(digits))
         .unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+/// SplitMix64's finaliser: a bijection on `u64` that spreads every input bit over the
+/// output.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// A metrics-safe method: the standard ones, or `OTHER`.
@@ -311,9 +331,7 @@ where
             return ResponseFuture {
                 inner: self.inner.call(req),
                 done: Done {
-                    span: Span::none(),
-                    start: None,
-                    info: None,
+                    active: None,
                     id: Some((config.header.clone(), id)),
                 },
             };
@@ -341,16 +359,18 @@ where
         ResponseFuture {
             inner: future,
             done: Done {
-                span,
-                start: Some(Instant::now()),
                 id: Some((self.config.header.clone(), id.clone())),
-                info: Some(Info {
-                    config: self.config.clone(),
-                    id,
-                    method,
-                    route,
-                    headers,
-                }),
+                active: Some(Box::new(Active {
+                    span,
+                    start: Instant::now(),
+                    info: Info {
+                        config: self.config.clone(),
+                        id,
+                        method,
+                        route,
+                        headers,
+                    },
+                })),
             },
         }
     }
@@ -368,32 +388,32 @@ struct Info {
 /// Writes the closing event once: when the response is ready, or as `cancelled` when the
 /// future is dropped first.
 struct Done {
-    span: Span,
-    start: Option<Instant>,
-    info: Option<Info>,
+    /// Only when something listens (boxed: the future stays small when nothing does).
+    active: Option<Box<Active>>,
     /// The header and id to set on the response.
     id: Option<(HeaderName, HeaderValue)>,
 }
 
-impl Done {
-    fn latency(&self) -> std::time::Duration {
-        self.start.map(|s| s.elapsed()).unwrap_or_default()
-    }
+/// The span, the start and the closing event's fields of a request that is logged.
+struct Active {
+    span: Span,
+    start: Instant,
+    info: Info,
 }
 
 impl Drop for Done {
     fn drop(&mut self) {
-        if let Some(info) = self.info.take() {
-            let latency = self.latency();
+        if let Some(active) = self.active.take() {
+            let Active { span, start, info } = *active;
             let level = info.config.levels.cancelled;
             close(
-                &self.span,
+                &span,
                 &info,
                 level,
                 None,
                 "cancelled",
                 "",
-                latency,
+                start.elapsed(),
                 None,
             );
         }
@@ -424,17 +444,21 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let mut result = {
-            let _entered = this.done.span.enter();
-            ready!(this.inner.poll(cx))
+        let mut result = match &this.done.active {
+            Some(active) => {
+                let _entered = active.span.enter();
+                ready!(this.inner.poll(cx))
+            }
+            None => ready!(this.inner.poll(cx)),
         };
         if let (Ok(res), Some((header, id))) = (&mut result, this.done.id.take()) {
             res.headers_mut().insert(header, id);
         }
-        let Some(info) = this.done.info.take() else {
+        let Some(active) = this.done.active.take() else {
             return Poll::Ready(result);
         };
-        let latency = this.done.latency();
+        let Active { span, start, info } = *active;
+        let latency = start.elapsed();
         let levels = &info.config.levels;
         match result {
             Ok(res) => {
@@ -450,7 +474,7 @@ where
                     None => (levels.admitted, "admitted", ""),
                 };
                 close(
-                    &this.done.span,
+                    &span,
                     &info,
                     level,
                     Some(status.as_u16()),
@@ -464,7 +488,7 @@ where
             Err(e) => {
                 let error = (e.to_string(), format!("{e:?}"));
                 close(
-                    &this.done.span,
+                    &span,
                     &info,
                     levels.failed,
                     None,
@@ -574,6 +598,34 @@ mod tests {
         assert_eq!(a.len(), 32);
         assert!(a.as_bytes().iter().all(u8::is_ascii_hexdigit));
         assert_ne!(a, b);
+        // Each half is a bijection of the counter: no repeat, in either half, over many
+        // calls (and from several threads at once).
+        let ids: Vec<Vec<HeaderValue>> = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| (0..25_000).map(|_| new_id()).collect()))
+                .collect();
+            workers.into_iter().map(|w| w.join().unwrap()).collect()
+        });
+        let mut halves = (
+            std::collections::HashSet::new(),
+            std::collections::HashSet::new(),
+        );
+        for id in ids.iter().flatten() {
+            assert_eq!(id.len(), 32);
+            assert!(halves.0.insert(id.as_bytes()[..16].to_vec()), "{id:?}");
+            assert!(halves.1.insert(id.as_bytes()[16..].to_vec()), "{id:?}");
+        }
+        assert_eq!(halves.0.len(), 100_000);
+    }
+
+    #[test]
+    fn the_mixer_is_a_bijection_on_a_sample() {
+        // SplitMix64's finaliser is invertible; a sample of consecutive inputs maps to
+        // distinct outputs, and nearby inputs differ in about half their bits.
+        let outputs: std::collections::HashSet<u64> = (0..100_000).map(mix).collect();
+        assert_eq!(outputs.len(), 100_000);
+        let flipped = (mix(41) ^ mix(42)).count_ones();
+        assert!((16..=48).contains(&flipped), "{flipped}");
     }
 
     #[test]

@@ -142,6 +142,9 @@ mod http_deadline {
     use http::{HeaderName, HeaderValue, Request};
     use std::time::Duration;
 
+    /// Parsed once: a lookup by `&str` parses the name on every request.
+    const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+
     /// The unit of a configured deadline header's value (ASCII digits only).
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
     #[serde(rename_all = "snake_case")]
@@ -215,7 +218,7 @@ mod http_deadline {
         fn read(&self, req: &Request<B>) -> CallerDeadline<'_> {
             let mut out = CallerDeadline::default();
             if self.grpc_timeout
-                && let Some(v) = req.headers().get("grpc-timeout")
+                && let Some(v) = req.headers().get(GRPC_TIMEOUT)
             {
                 match parse_grpc_timeout(v.as_bytes()) {
                     Ok(d) => out.budget = shortest(out.budget, d),
@@ -247,7 +250,7 @@ mod http_deadline {
             if self.propagate
                 && let Ok(v) = HeaderValue::try_from(format_grpc_timeout(deadline.remaining()))
             {
-                req.headers_mut().insert("grpc-timeout", v);
+                req.headers_mut().insert(GRPC_TIMEOUT, v);
             }
         }
     }

@@ -33,8 +33,11 @@ pin_project! {
         Timed {
             #[pin]
             fut: F,
+            at: Instant,
+            // Made when the inner future first waits: a response ready at once never
+            // touches the timer (nor clones the runtime handle a `Sleep` holds).
             #[pin]
-            sleep: Sleep,
+            sleep: Option<Sleep>,
             after: Duration,
             shadow: bool,
             // Shadow mode only: the deadline passed and was reported; now just waiting.
@@ -74,7 +77,8 @@ impl<F> ResponseFuture<F> {
         ResponseFuture {
             state: State::Timed {
                 fut,
-                sleep: sleep_until(at),
+                at,
+                sleep: None,
                 after,
                 shadow,
                 fired: false,
@@ -98,7 +102,8 @@ where
             StateProj::Expired { after } => Poll::Ready(Err(Rejection::timeout(*after).boxed())),
             StateProj::Timed {
                 fut,
-                sleep,
+                at,
+                mut sleep,
                 after,
                 shadow,
                 fired,
@@ -107,7 +112,15 @@ where
                 if let Poll::Ready(result) = fut.poll(cx) {
                     return Poll::Ready(result.map_err(Into::into));
                 }
-                if *fired || sleep.poll(cx).is_pending() {
+                if *fired {
+                    return Poll::Pending;
+                }
+                if sleep.is_none() {
+                    sleep.set(Some(sleep_until(*at)));
+                }
+                if let Some(sleep) = sleep.as_pin_mut()
+                    && sleep.poll(cx).is_pending()
+                {
                     return Poll::Pending;
                 }
                 let after = *after;
