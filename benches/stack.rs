@@ -46,6 +46,9 @@
 //! dev build of this crate (features unify), `original-uri` among them, so the router
 //! inserts an `OriginalUri` extension into every request. All three rows pay it.
 //!
+//! A second group, `stack_single_layer`, measures each layer of the parapet stack alone
+//! around the same router.
+//!
 //! Run: `cargo bench --bench stack --features axum`.
 
 #[path = "common/stacks.rs"]
@@ -89,5 +92,44 @@ fn stack(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, stack);
+/// Each layer of the parapet stack alone around the same router (see `single_layer` in
+/// `benches/common/stacks.rs`): `noop` is what axum's `Router::layer` itself costs; every
+/// layer after `rejection` sits inside the rejection-to-response layer, so its own share
+/// is its figure minus `rejection`'s.
+fn single_layers(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let mut group = c.benchmark_group("stack_single_layer");
+    for name in [
+        "noop",
+        "logging",
+        "rejection",
+        "rate_limit",
+        "gate",
+        "idempotency",
+        "fallback",
+        "breaker",
+        "timeout",
+    ] {
+        let router: axum::Router = stacks::single_layer(name).unwrap().with_state(());
+        let res = rt.block_on(
+            router
+                .clone()
+                .oneshot(Request::get("/products").body(Body::empty()).unwrap()),
+        );
+        assert_eq!(res.unwrap().status(), 200, "{name}");
+        group.bench_function(name, |b| {
+            b.to_async(&rt).iter(|| {
+                router
+                    .clone()
+                    .oneshot(Request::get("/products").body(Body::empty()).unwrap())
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, stack, single_layers);
 criterion_main!(benches);

@@ -83,13 +83,16 @@ impl<Res> Future for Refused<Res> {
     type Output = Result<Res, BoxError>;
 
     fn poll(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Self::Output> {
-        // Polled again after it answered: the same refusal, rather than a panic.
-        let error = self
-            .error
-            .take()
-            .unwrap_or_else(|| Rejection::feature_disabled(Arc::from("")).boxed());
-        Poll::Ready(Err(error))
+        Poll::Ready(Err(self.error.take().unwrap_or_else(refused_again)))
     }
+}
+
+/// Polled again after it answered: a refusal again, rather than a panic (out of line: the
+/// admitted path's code stays small).
+#[cold]
+#[inline(never)]
+fn refused_again() -> BoxError {
+    Rejection::feature_disabled(Arc::from("")).boxed()
 }
 
 impl<Req, Res> WhenOff<Req, Res> for Reject {
