@@ -46,6 +46,12 @@
 //! dev build of this crate (features unify), `original-uri` among them, so the router
 //! inserts an `OriginalUri` extension into every request. All three rows pay it.
 //!
+//! - `floor_stack`: the work the recommended stack must do for a request every layer
+//!   admits, written as one service with one future and nothing else (no events, modes
+//!   or configuration; see `floor_stack` in `benches/common/stacks.rs`): what the same work
+//!   could cost at the least, for reading the other rows. `floor_without_id`: the same
+//!   without the request id.
+//!
 //! A second group, `stack_single_layer`, measures each layer of the parapet stack alone
 //! around the same router.
 //!
@@ -69,6 +75,8 @@ fn stack(c: &mut Criterion) {
         ("bare_router", stacks::routes()),
         ("full_stack", stacks::parapet_stack()),
         ("peer_stack", stacks::peer_stack()),
+        ("floor_stack", stacks::floor_stack()),
+        ("floor_without_id", stacks::floor_without_id()),
     ] {
         // As `axum::serve` does once per connection: handlers become routes with their
         // layers applied now, not on every call (a `Router<()>` called directly applies

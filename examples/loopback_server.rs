@@ -9,6 +9,8 @@
 //! - `--stack bare|parapet|peers`: the router alone, parapet's recommended stack, or the
 //!   closest stack assembled from tower-http, tower_governor and tower-resilience (the
 //!   stacks are in `benches/common/stacks.rs`; its top comment lists their layers).
+//!   `--stack floor` (and `floor-without-id`) serves the least work the stack must do, in
+//!   one service (`floor_stack` there): a reference, not a stack to use.
 //!   `--stack only-<layer>` serves one layer of parapet's stack alone (`noop`, `logging`,
 //!   `rejection`, `rate_limit`, `gate`, `idempotency`, `fallback`, `breaker`, `timeout`;
 //!   see `single_layer` there), to measure each layer's share.
@@ -40,7 +42,7 @@ struct Args {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: loopback_server [--port P] [--stack bare|parapet|peers|only-<layer>] [--threads N] [--seconds S] [--calls N]"
+        "usage: loopback_server [--port P] [--stack bare|parapet|peers|floor|floor-without-id|only-<layer>] [--threads N] [--seconds S] [--calls N]"
     );
     std::process::exit(2)
 }
@@ -73,6 +75,8 @@ fn router(stack: &str) -> Router {
         "bare" => stacks::routes(),
         "parapet" => stacks::parapet_stack(),
         "peers" => stacks::peer_stack(),
+        "floor" => stacks::floor_stack(),
+        "floor-without-id" => stacks::floor_without_id(),
         other => other
             .strip_prefix("only-")
             .and_then(stacks::single_layer)

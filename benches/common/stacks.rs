@@ -17,14 +17,20 @@
 #![allow(dead_code)]
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
 use axum::error_handling::HandleErrorLayer;
-use axum::http::{Response, StatusCode};
+use axum::http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use axum::routing::get;
-use tower::ServiceBuilder;
+use bytes::Bytes;
+use tower::{Service, ServiceBuilder};
 use tower_parapet::circuit_breaker::CircuitBreakerLayer;
 use tower_parapet::classify::ServerErrorsAsFailures;
 use tower_parapet::fallback::{self, FallbackLayer};
@@ -171,4 +177,203 @@ pub(crate) fn peer_stack() -> Router {
                 Duration::from_secs(2),
             )),
     )
+}
+
+/// The floor of the recommended stack's admitted path: the work its layers must do for a
+/// request they all admit, written as one service with one future and no options: a
+/// request id (taken from `x-request-id` or made from a counter; set on the request, in
+/// its extensions and on the response), one clock read, a rate-limit check (GCRA on one
+/// atomic, 10⁹/s), a flag check (one atomic load), a closed-circuit check (one atomic
+/// load; one atomic add when the response is ready), the caller's `grpc-timeout` read and
+/// a deadline extension, a timer made only if the handler waits. No events, no modes, no
+/// configuration, no refusal answers worth the name: not a stack anyone should use, only
+/// what a stack doing the same work in one piece could cost at the least.
+pub(crate) fn floor_stack() -> Router {
+    floor(true)
+}
+
+/// [`floor_stack`] without the request id: what the rest of its work costs.
+pub(crate) fn floor_without_id() -> Router {
+    floor(false)
+}
+
+fn floor(with_id: bool) -> Router {
+    let shared = Arc::new(FloorShared {
+        with_id,
+        ids: AtomicU64::new(0),
+        origin: tokio::time::Instant::now(),
+        tat: AtomicU64::new(0),
+        flag: AtomicBool::new(true),
+        circuit: AtomicU64::new(0),
+        calls: AtomicU64::new(0),
+    });
+    routes().layer(tower::layer::layer_fn(move |inner| Floor {
+        inner,
+        shared: shared.clone(),
+    }))
+}
+
+struct FloorShared {
+    with_id: bool,
+    ids: AtomicU64,
+    origin: tokio::time::Instant,
+    tat: AtomicU64,
+    flag: AtomicBool,
+    circuit: AtomicU64,
+    calls: AtomicU64,
+}
+
+#[derive(Clone)]
+struct Floor<S> {
+    inner: S,
+    shared: Arc<FloorShared>,
+}
+
+#[derive(Clone)]
+struct FloorRequestId(#[allow(dead_code)] HeaderValue);
+
+#[derive(Clone, Copy)]
+struct FloorDeadline(#[allow(dead_code)] tokio::time::Instant);
+
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+
+fn floor_id(n: u64) -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let word = n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let mut digits = [b'0'; 32];
+    for (i, digit) in digits[16..].iter_mut().enumerate() {
+        *digit = HEX[((word >> ((15 - i) * 4)) & 0xf) as usize];
+    }
+    HeaderValue::from_maybe_shared(Bytes::from_owner(digits)).unwrap()
+}
+
+fn refused(status: StatusCode) -> Response<Body> {
+    let mut res = Response::new(Body::empty());
+    *res.status_mut() = status;
+    res
+}
+
+impl<S> Service<Request<Body>> for Floor<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = FloorFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        let shared = &self.shared;
+        let id = shared.with_id.then(|| {
+            let id = match req.headers().get(X_REQUEST_ID) {
+                Some(id) => id.clone(),
+                None => {
+                    let id = floor_id(shared.ids.fetch_add(1, Ordering::Relaxed));
+                    req.headers_mut().insert(X_REQUEST_ID, id.clone());
+                    id
+                }
+            };
+            req.extensions_mut().insert(FloorRequestId(id.clone()));
+            id
+        });
+        let now = tokio::time::Instant::now();
+        let t = u64::try_from(now.duration_since(shared.origin).as_nanos()).unwrap_or(u64::MAX);
+        let mut tat = shared.tat.load(Ordering::Relaxed);
+        loop {
+            let next = tat.max(t) + 1;
+            if next - t > 1_000_000_000 {
+                return FloorFuture::Refused {
+                    answer: Some(refused(StatusCode::TOO_MANY_REQUESTS)),
+                };
+            }
+            match shared
+                .tat
+                .compare_exchange_weak(tat, next, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => break,
+                Err(seen) => tat = seen,
+            }
+        }
+        if !shared.flag.load(Ordering::Acquire) {
+            return FloorFuture::Refused {
+                answer: Some(refused(StatusCode::NOT_FOUND)),
+            };
+        }
+        if shared.circuit.load(Ordering::Acquire) != 0 {
+            return FloorFuture::Refused {
+                answer: Some(refused(StatusCode::SERVICE_UNAVAILABLE)),
+            };
+        }
+        let budget = req
+            .headers()
+            .get(GRPC_TIMEOUT)
+            .and_then(|v| v.to_str().ok()?.strip_suffix('m')?.parse().ok())
+            .map_or(Duration::from_secs(2), Duration::from_millis);
+        let at = now + budget.min(Duration::from_secs(2));
+        req.extensions_mut().insert(FloorDeadline(at));
+        FloorFuture::Running {
+            inner: self.inner.call(req),
+            sleep: None,
+            at,
+            id,
+            shared: shared.clone(),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = FloorProj]
+    enum FloorFuture<F> {
+        Running {
+            #[pin]
+            inner: F,
+            #[pin]
+            sleep: Option<tokio::time::Sleep>,
+            at: tokio::time::Instant,
+            id: Option<HeaderValue>,
+            shared: Arc<FloorShared>,
+        },
+        Refused { answer: Option<Response<Body>> },
+    }
+}
+
+impl<F> Future for FloorFuture<F>
+where
+    F: Future<Output = Result<Response<Body>, Infallible>>,
+{
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            FloorProj::Running {
+                inner,
+                mut sleep,
+                at,
+                id,
+                shared,
+            } => {
+                if let Poll::Ready(Ok(mut res)) = inner.poll(cx) {
+                    shared.calls.fetch_add(1, Ordering::Relaxed);
+                    if let Some(id) = id.take() {
+                        res.headers_mut().insert(X_REQUEST_ID, id);
+                    }
+                    return Poll::Ready(Ok(res));
+                }
+                if sleep.is_none() {
+                    sleep.set(Some(tokio::time::sleep_until(*at)));
+                }
+                match sleep.as_pin_mut().map(|s| s.poll(cx)) {
+                    Some(Poll::Ready(())) => Poll::Ready(Ok(refused(StatusCode::GATEWAY_TIMEOUT))),
+                    _ => Poll::Pending,
+                }
+            }
+            FloorProj::Refused { answer } => Poll::Ready(Ok(answer
+                .take()
+                .unwrap_or_else(|| refused(StatusCode::SERVICE_UNAVAILABLE)))),
+        }
+    }
 }
