@@ -10,8 +10,9 @@
 //! - timeout: parapet `TimeoutLayer` / tower `Timeout`
 //! - breaker (closed): parapet `CircuitBreakerLayer` / tower-resilience / failsafe
 //! - rate limit (never exhausted): parapet `RateLimitLayer` / governor `check()` /
-//!   tower-resilience (tower's own `RateLimit` is per service, not shared by clones, so it
-//!   needs a `Buffer` to compare, which measures the buffer: left out)
+//!   tower-resilience; tower's own `RateLimit` keeps its budget in the service value (a
+//!   clone starts afresh), so it is compared in `peers_long_lived`: one instance kept and
+//!   called again, next to parapet's limiter and the bare service in the same harness
 //! - concurrency limit: parapet `BulkheadLayer` / tower `ConcurrencyLimit` /
 //!   tower-resilience bulkhead
 //! - retry (first attempt succeeds): parapet `RetryLayer` (default: retry budget; and
@@ -372,5 +373,44 @@ fn contention(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, per_layer, contention);
+/// One long-lived instance called again and again (no clone per call): the harness tower's
+/// `RateLimit` needs, since its budget lives in the service value itself (a clone starts
+/// afresh, so it cannot be compared in the cloning harness above). Each iteration awaits
+/// `ready`, calls once and awaits the answer; the same instance serves every iteration.
+fn long_lived(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    // tower's `RateLimit` makes its timer when it is built: inside the runtime.
+    let _runtime = rt.enter();
+    let huge = 1_000_000_000;
+    let mut g = c.benchmark_group("peers_long_lived");
+    macro_rules! bench_kept {
+        ($name:expr, $svc:expr) => {{
+            let svc = std::cell::RefCell::new($svc);
+            g.bench_function($name, |b| {
+                b.to_async(&rt).iter(|| async {
+                    let mut svc = svc.borrow_mut();
+                    let ready = svc.ready().await.unwrap();
+                    black_box(ready.call(black_box(1u64)).await.is_ok())
+                })
+            });
+        }};
+    }
+    bench_kept!("bare", Echo);
+    bench_kept!(
+        "rate_limit/parapet",
+        RateLimitLayer::new(Quota::per_second(huge))
+            .observer(())
+            .layer(Echo)
+    );
+    bench_kept!(
+        "rate_limit/tower",
+        tower::limit::RateLimitLayer::new(u64::from(huge), Duration::from_secs(1)).layer(Echo)
+    );
+    g.finish();
+}
+
+criterion_group!(benches, per_layer, contention, long_lived);
 criterion_main!(benches);
