@@ -331,7 +331,9 @@ where
             return ResponseFuture {
                 inner: self.inner.call(req),
                 done: Done {
-                    active: None,
+                    span: Span::none(),
+                    start: None,
+                    info: None,
                     id: Some((config.header.clone(), id)),
                 },
             };
@@ -359,18 +361,16 @@ where
         ResponseFuture {
             inner: future,
             done: Done {
+                span,
+                start: Some(Instant::now()),
                 id: Some((self.config.header.clone(), id.clone())),
-                active: Some(Box::new(Active {
-                    span,
-                    start: Instant::now(),
-                    info: Info {
-                        config: self.config.clone(),
-                        id,
-                        method,
-                        route,
-                        headers,
-                    },
-                })),
+                info: Some(Info {
+                    config: self.config.clone(),
+                    id,
+                    method,
+                    route,
+                    headers,
+                }),
             },
         }
     }
@@ -388,32 +388,32 @@ struct Info {
 /// Writes the closing event once: when the response is ready, or as `cancelled` when the
 /// future is dropped first.
 struct Done {
-    /// Only when something listens (boxed: the future stays small when nothing does).
-    active: Option<Box<Active>>,
+    span: Span,
+    start: Option<Instant>,
+    info: Option<Info>,
     /// The header and id to set on the response.
     id: Option<(HeaderName, HeaderValue)>,
 }
 
-/// The span, the start and the closing event's fields of a request that is logged.
-struct Active {
-    span: Span,
-    start: Instant,
-    info: Info,
+impl Done {
+    fn latency(&self) -> std::time::Duration {
+        self.start.map(|s| s.elapsed()).unwrap_or_default()
+    }
 }
 
 impl Drop for Done {
     fn drop(&mut self) {
-        if let Some(active) = self.active.take() {
-            let Active { span, start, info } = *active;
+        if let Some(info) = self.info.take() {
+            let latency = self.latency();
             let level = info.config.levels.cancelled;
             close(
-                &span,
+                &self.span,
                 &info,
                 level,
                 None,
                 "cancelled",
                 "",
-                start.elapsed(),
+                latency,
                 None,
             );
         }
@@ -444,21 +444,17 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let mut result = match &this.done.active {
-            Some(active) => {
-                let _entered = active.span.enter();
-                ready!(this.inner.poll(cx))
-            }
-            None => ready!(this.inner.poll(cx)),
+        let mut result = {
+            let _entered = this.done.span.enter();
+            ready!(this.inner.poll(cx))
         };
         if let (Ok(res), Some((header, id))) = (&mut result, this.done.id.take()) {
             res.headers_mut().insert(header, id);
         }
-        let Some(active) = this.done.active.take() else {
+        let Some(info) = this.done.info.take() else {
             return Poll::Ready(result);
         };
-        let Active { span, start, info } = *active;
-        let latency = start.elapsed();
+        let latency = this.done.latency();
         let levels = &info.config.levels;
         match result {
             Ok(res) => {
@@ -474,7 +470,7 @@ where
                     None => (levels.admitted, "admitted", ""),
                 };
                 close(
-                    &span,
+                    &this.done.span,
                     &info,
                     level,
                     Some(status.as_u16()),
@@ -488,7 +484,7 @@ where
             Err(e) => {
                 let error = (e.to_string(), format!("{e:?}"));
                 close(
-                    &span,
+                    &this.done.span,
                     &info,
                     levels.failed,
                     None,
