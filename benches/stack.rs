@@ -62,14 +62,38 @@ mod stacks;
 
 use axum::body::Body;
 use axum::http::Request;
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion, criterion_group, criterion_main};
 use tower::ServiceExt;
 
-fn stack(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread()
+/// One router measured: made ready as `axum::serve` does once per connection (handlers
+/// become routes with their layers applied now, not on every call: a `Router<()>` called
+/// directly applies every layer to the handler again per request), checked to answer 200,
+/// then called with `oneshot` on a clone per request, as hyper's adapter does.
+fn bench_router(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    rt: &tokio::runtime::Runtime,
+    name: &str,
+    router: axum::Router,
+) {
+    let get = || Request::get("/products").body(Body::empty()).unwrap();
+    let router: axum::Router = router.with_state(());
+    let res = rt.block_on(router.clone().oneshot(get()));
+    assert_eq!(res.unwrap().status(), 200, "{name}");
+    group.bench_function(name, |b| {
+        b.to_async(rt).iter(|| router.clone().oneshot(get()))
+    });
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+fn stack(c: &mut Criterion) {
+    let rt = runtime();
     let mut group = c.benchmark_group("stack");
     for (name, router) in [
         ("bare_router", stacks::routes()),
@@ -78,24 +102,7 @@ fn stack(c: &mut Criterion) {
         ("floor_stack", stacks::floor_stack()),
         ("floor_without_id", stacks::floor_without_id()),
     ] {
-        // As `axum::serve` does once per connection: handlers become routes with their
-        // layers applied now, not on every call (a `Router<()>` called directly applies
-        // every layer to the handler again per request).
-        let router: axum::Router = router.with_state(());
-        // Each answers 200 with the handler's body before it is measured.
-        let res = rt.block_on(
-            router
-                .clone()
-                .oneshot(Request::get("/products").body(Body::empty()).unwrap()),
-        );
-        assert_eq!(res.unwrap().status(), 200, "{name}");
-        group.bench_function(name, |b| {
-            b.to_async(&rt).iter(|| {
-                router
-                    .clone()
-                    .oneshot(Request::get("/products").body(Body::empty()).unwrap())
-            })
-        });
+        bench_router(&mut group, &rt, name, router);
     }
     group.finish();
 }
@@ -105,10 +112,7 @@ fn stack(c: &mut Criterion) {
 /// layer after `rejection` sits inside the rejection-to-response layer, so its own share
 /// is its figure minus `rejection`'s.
 fn single_layers(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let mut group = c.benchmark_group("stack_single_layer");
     for name in [
         "noop",
@@ -121,20 +125,7 @@ fn single_layers(c: &mut Criterion) {
         "breaker",
         "timeout",
     ] {
-        let router: axum::Router = stacks::single_layer(name).unwrap().with_state(());
-        let res = rt.block_on(
-            router
-                .clone()
-                .oneshot(Request::get("/products").body(Body::empty()).unwrap()),
-        );
-        assert_eq!(res.unwrap().status(), 200, "{name}");
-        group.bench_function(name, |b| {
-            b.to_async(&rt).iter(|| {
-                router
-                    .clone()
-                    .oneshot(Request::get("/products").body(Body::empty()).unwrap())
-            })
-        });
+        bench_router(&mut group, &rt, name, stacks::single_layer(name).unwrap());
     }
     group.finish();
 }
